@@ -1,0 +1,1463 @@
+"""CRL checking of client certificates during the TLS handshake (SPEC §4).
+
+Pieces
+------
+* :class:`CrlCache` — every CRL this worker holds: CRLs fetched from distribution points (an LRU
+  of at most ``[crl_cache] capacity`` URLs, refreshed every ``refresh_interval`` or at nextUpdate
+  if sooner, ``http_timeout`` per fetch, no new attempt for ``failure_threshold`` after a failure,
+  persisted under ``<data_dir>/crl/`` so a restart does not start cold) and the local ``crlfile``s
+  of each listener (polled for changes and reloaded; a file that turns bad keeps the old CRL).
+  Every CRL is PEM or DER, its signature is verified against the issuing CA and its
+  thisUpdate/nextUpdate checked before it is used. ``on_change`` and ``on_revoked`` tell
+  listeners and the gateway about new content.
+* :class:`ClientRevocationGuard` — one per listener: puts the CRLs into the listener's OpenSSL
+  verify store, provides the verify callback, and decides the cases OpenSSL cannot decide alone.
+* :func:`peer_cert_ids` and :class:`LiveConnectionIndex` — for ``close_revoked_connections``.
+
+Why OpenSSL's own store and not pyhanko-certvalidator
+-----------------------------------------------------
+The check has to happen *inside* the handshake so that a revoked client gets the
+``certificate_revoked`` alert from the handshake itself, and it runs for every handshake of a
+reconnect storm. OpenSSL's ``X509_STORE`` with ``X509_V_FLAG_CRL_CHECK`` (leaf) or
+``CRL_CHECK | CRL_CHECK_ALL`` (whole chain; ``CRL_CHECK_ALL`` alone silently checks nothing)
+looks CRLs up by issuer name in C (sorted revoked lists, binary search) during the normal chain
+verification, at a cost of microseconds, and maps a revoked certificate to alert 44 itself.
+pyhanko-certvalidator is a pure-Python validator built around asyncio fetchers: it would need the
+whole chain re-validated in Python after the handshake (tens of milliseconds per chain, plus a
+second, differently-behaving path builder next to OpenSSL's) and it cannot emit a handshake
+alert. It is also not installed in the project venv. So OpenSSL decides; Python only supplies
+CRLs to it and handles the "no CRL in memory yet" case below. The store is rebuilt (new
+``X509_STORE``, swapped into every context of the listener with ``SSL_CTX_set_cert_store``)
+whenever the cache changes: OpenSSL offers no way to remove a CRL from a store, and adding each
+refreshed CRL forever would leak. The swap happens on the event-loop thread between handshake
+steps; OpenSSL reads ``ctx->cert_store`` only inside ``X509_verify_cert``, so no handshake sees a
+half-built store.
+
+A missing CRL without stalling anyone: deferred verdicts
+--------------------------------------------------------
+The gateway drives each handshake over memory BIOs on the event loop; the verify callback runs
+synchronously inside ``SSL_do_handshake`` and cannot wait for an HTTP fetch, and OpenSSL offers
+no way to suspend a *server's* certificate verification (``SSL_set_retry_verify`` is client-side
+only). Alternatives considered: blocking the loop in the callback (stalls every handshake);
+running handshake steps in threads (a thread hop on every mutual-TLS handshake, ~15 % of the
+handshake budget); peeking at the client's Certificate message before OpenSSL reads it (fine in
+TLS 1.2, but in TLS 1.3 it is encrypted: we would have to decrypt handshake records ourselves);
+failing the first attempt and fetching in the background (every device of a new CA fails once).
+
+Chosen: when OpenSSL reports that no usable CRL is in the store (``UNABLE_TO_GET_CRL``, expired
+or not-yet-valid CRL…) for a certificate with an http(s) distribution point that has not failed
+recently, :meth:`ClientRevocationGuard.verify_callback` records the URL on the connection and lets
+verification continue (every *other* check — signatures, expiry, CRLs already held for other
+levels of the chain — still applies). The gateway holds back everything the server writes from
+that handshake step on (:meth:`~ClientRevocationGuard.pending`), lets the handshake finish, then
+awaits :meth:`~ClientRevocationGuard.resolve`, which fetches the CRLs (other connections carry on:
+it is just another coroutine), checks the verified chain against them in Python, and returns a
+:class:`PeerVerdict`. On "deny", the held bytes are discarded and the verdict's ``alert_record``
+is sent instead, so the client still sees the alert a handshake failure would have produced:
+
+* TLS 1.2: the server has not sent ChangeCipherSpec yet (it was held), so a *plaintext* fatal
+  alert record is exactly what OpenSSL would have sent at that point;
+* TLS 1.3: the server already switched to its application traffic keys (its Finished precedes the
+  client's Certificate); the alert is encrypted with the server's application traffic secret at
+  sequence number 0 (nothing else was sent under it: the tickets were held), RFC 8446 §5.2/§7.3.
+  The secret is captured per connection with the keylog callback (kept in memory only until the
+  verdict, never logged).
+
+Verified against ``openssl s_client`` in tests/unit/test_crl.py ("alert certificate revoked",
+alert number 44). When a CRL source already failed within ``failure_threshold``, nothing is
+deferred: the verdict is immediate (refused with OpenSSL's usual alert for a missing CRL,
+``unknown_ca``, or allowed with a warning under ``crl_soft_fail``).
+
+Known limits: a *resumed* session skips certificate verification in OpenSSL; :meth:`check_now`
+checks its leaf against the CRLs held (the chain is not stored in session tickets), and for
+TLS 1.2 resumption no alert can be sent any more (the server's Finished went first), the
+connection is just closed. Delta CRLs, indirect CRLs and non-http distribution points (LDAP) are
+not fetched; a local ``crlfile`` covers those cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+import aiohttp
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+from .ocsp import ClientOcspChecker, find_issuer
+from .revocation_status import RevocationStatus, default_status
+
+if TYPE_CHECKING:
+    from ..config.schema import CrlCacheConfig, ServerSslOptions
+
+__all__ = [
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_CERTIFICATE_REVOKED",
+    "ALERT_CERTIFICATE_UNKNOWN",
+    "ALERT_INTERNAL_ERROR",
+    "ALERT_UNKNOWN_CA",
+    "ALLOW",
+    "CachedCrl",
+    "CertId",
+    "ClientRevocationGuard",
+    "CrlCache",
+    "CrlError",
+    "CrlFetchError",
+    "CrlValidationError",
+    "LiveConnectionIndex",
+    "PeerVerdict",
+    "check_crl",
+    "crl_distribution_urls",
+    "load_crl",
+    "peer_cert_ids",
+    "tls12_alert_record",
+    "tls13_alert_record",
+]
+
+log = logging.getLogger("tlsgate.crl")
+
+#: (issuer name DER, serial number): how a certificate is named in a CRL.
+CertId = tuple[bytes, int]
+
+MAX_CLOCK_SKEW: Final = 300.0
+MAX_CRL_BYTES: Final = 64 * 1024 * 1024
+
+ALERT_BAD_CERTIFICATE: Final = 42
+ALERT_CERTIFICATE_REVOKED: Final = 44
+ALERT_CERTIFICATE_UNKNOWN: Final = 46
+ALERT_UNKNOWN_CA: Final = 48      # what OpenSSL sends for X509_V_ERR_UNABLE_TO_GET_CRL
+ALERT_INTERNAL_ERROR: Final = 80
+
+# Verify errors meaning "no usable CRL is in the store for this certificate".
+_CRL_UNAVAILABLE: Final = frozenset({
+    _lib.X509_V_ERR_UNABLE_TO_GET_CRL,
+    _lib.X509_V_ERR_CRL_NOT_YET_VALID,
+    _lib.X509_V_ERR_CRL_HAS_EXPIRED,
+    _lib.X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER,
+    _lib.X509_V_ERR_DIFFERENT_CRL_SCOPE,
+    _lib.X509_V_ERR_CRL_PATH_VALIDATION_ERROR,
+    _lib.X509_V_ERR_CRL_SIGNATURE_FAILURE,
+    _lib.X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE,
+    _lib.X509_V_ERR_ERROR_IN_CRL_LAST_UPDATE_FIELD,
+    _lib.X509_V_ERR_ERROR_IN_CRL_NEXT_UPDATE_FIELD,
+    _lib.X509_V_ERR_UNHANDLED_CRITICAL_CRL_EXTENSION,
+    _lib.X509_V_ERR_KEYUSAGE_NO_CRL_SIGN,
+})
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+class CrlError(Exception):
+    """A CRL could not be obtained or used; the message says which and why."""
+
+
+class CrlFetchError(CrlError):
+    """A distribution point could not be reached or did not return a CRL."""
+
+
+class CrlValidationError(CrlError):
+    """A CRL was obtained but must not be used (bad signature, wrong issuer, expired…)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# CRL parsing and checks (pure)
+# ------------------------------------------------------------------------------------------------
+def crl_distribution_urls(cert: x509.Certificate) -> list[str]:
+    """The http(s) URLs of the certificate's CRL distribution points (full names only)."""
+    try:
+        cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return []
+    except ValueError:      # a malformed extension: treat as absent, OpenSSL decides the rest
+        return []
+    urls: list[str] = []
+    for dp in cdp:
+        for gn in dp.full_name or ():
+            if isinstance(gn, x509.UniformResourceIdentifier):
+                url = gn.value
+                if url.lower().startswith(("http://", "https://")) and url not in urls:
+                    urls.append(url)
+    return urls
+
+
+def load_crl(data: bytes, source: str) -> x509.CertificateRevocationList:
+    """A CRL from PEM or DER bytes; :class:`CrlValidationError` naming ``source`` otherwise."""
+    stripped = data.lstrip()
+    try:
+        if stripped.startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_crl(stripped)
+        return x509.load_der_x509_crl(data)
+    except ValueError as e:
+        kind = "PEM" if stripped.startswith(b"-----BEGIN") else "DER"
+        raise CrlValidationError(f"{source}: not a {kind} CRL ({e})") from None
+
+
+def _ts(d: Any) -> float:
+    return float(d.timestamp())
+
+
+def _fmt(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _describe(cert: x509.Certificate) -> str:
+    return f"{cert.subject.rfc4514_string() or '(empty subject)'} (serial {cert.serial_number:x})"
+
+
+def check_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, *, now: float,
+              source: str, allow_expired: bool = False,
+              max_skew: float = MAX_CLOCK_SKEW) -> None:
+    """Raise :class:`CrlValidationError` unless ``crl`` was issued and signed by ``issuer`` and
+    is current (thisUpdate at most ``max_skew`` in the future; nextUpdate, if present, not
+    passed unless ``allow_expired``)."""
+    if crl.issuer != issuer.subject:
+        raise CrlValidationError(
+            f"{source}: CRL issued by {crl.issuer.rfc4514_string()}, expected "
+            f"{issuer.subject.rfc4514_string()}")
+    try:
+        ku = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.crl_sign:
+            raise CrlValidationError(
+                f"{source}: the issuer {issuer.subject.rfc4514_string()} may not sign CRLs "
+                f"(no cRLSign key usage)")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ok = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm) as e:
+        raise CrlValidationError(f"{source}: cannot verify the CRL signature ({e})") from None
+    if not ok:
+        raise CrlValidationError(
+            f"{source}: CRL signature does not verify with the key of "
+            f"{issuer.subject.rfc4514_string()} (corrupted, forged, or another CA's CRL)")
+    this_update = _ts(crl.last_update_utc)
+    if this_update > now + max_skew:
+        raise CrlValidationError(f"{source}: thisUpdate {_fmt(this_update)} is in the future "
+                                 f"(check this host's clock)")
+    nu = crl.next_update_utc
+    if nu is not None and _ts(nu) <= now and not allow_expired:
+        raise CrlValidationError(f"{source}: CRL expired at {_fmt(_ts(nu))} (nextUpdate)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Small cffi helpers (cryptography's bindings, as pyOpenSSL uses them)
+# ------------------------------------------------------------------------------------------------
+def _name_der(name_ptr: Any) -> bytes:
+    n = _lib.i2d_X509_NAME(name_ptr, _ffi.NULL)
+    if n <= 0:
+        return b""
+    buf = _ffi.new("unsigned char[]", n)
+    pp = _ffi.new("unsigned char **", buf)
+    _lib.i2d_X509_NAME(name_ptr, pp)
+    return bytes(_ffi.buffer(buf, n))
+
+
+def _serial(x509_ptr: Any) -> int:
+    bn = _lib.ASN1_INTEGER_to_BN(_lib.X509_get_serialNumber(x509_ptr), _ffi.NULL)
+    if bn == _ffi.NULL:
+        return -1
+    try:
+        hexp = _lib.BN_bn2hex(bn)
+        try:
+            return int(_ffi.string(hexp).decode(), 16)
+        finally:
+            _lib.OPENSSL_free(hexp)
+    finally:
+        _lib.BN_free(bn)
+
+
+def _issuer_serial(x509_ptr: Any) -> CertId:
+    return _name_der(_lib.X509_get_issuer_name(x509_ptr)), _serial(x509_ptr)
+
+
+def _name_hash(name_der: bytes) -> int:
+    """OpenSSL's X509_NAME_hash of a DER name (what the verify callback can get cheaply)."""
+    buf = _ffi.new("unsigned char[]", name_der)
+    pp = _ffi.new("unsigned char **", buf)
+    name = _lib.d2i_X509_NAME(_ffi.NULL, pp, len(name_der))
+    if name == _ffi.NULL:
+        _lib.ERR_clear_error()
+        return -1
+    try:
+        return int(_lib.X509_NAME_hash(name))
+    finally:
+        _lib.X509_NAME_free(name)
+
+
+def _ossl_crl(der: bytes) -> Any:
+    bio = _lib.BIO_new_mem_buf(der, len(der))
+    if bio == _ffi.NULL:
+        raise MemoryError("BIO_new_mem_buf")
+    try:
+        crl = _lib.d2i_X509_CRL_bio(bio, _ffi.NULL)
+    finally:
+        _lib.BIO_free(bio)
+    if crl == _ffi.NULL:
+        _lib.ERR_clear_error()
+        raise CrlValidationError("OpenSSL cannot parse the CRL")
+    return _ffi.gc(crl, _lib.X509_CRL_free)
+
+
+def _session_reused(conn: SSL.Connection) -> bool:
+    return bool(_lib.SSL_session_reused(conn._ssl))
+
+
+# ------------------------------------------------------------------------------------------------
+# Late alerts (see the module docstring)
+# ------------------------------------------------------------------------------------------------
+def tls12_alert_record(description: int) -> bytes:
+    """A plaintext fatal alert record, valid before the server's ChangeCipherSpec."""
+    return bytes((21, 3, 3, 0, 2, 2, description))
+
+
+_TLS13_SUITES: Final[dict[str, tuple[Callable[[bytes], Any], int, int, hashes.HashAlgorithm]]] = {
+    # name: (AEAD factory, key length, tag length, HKDF hash)
+    "TLS_AES_128_GCM_SHA256": (AESGCM, 16, 16, hashes.SHA256()),
+    "TLS_AES_256_GCM_SHA384": (AESGCM, 32, 16, hashes.SHA384()),
+    "TLS_CHACHA20_POLY1305_SHA256": (ChaCha20Poly1305, 32, 16, hashes.SHA256()),
+    "TLS_AES_128_CCM_SHA256": (AESCCM, 16, 16, hashes.SHA256()),
+    "TLS_AES_128_CCM_8_SHA256": (lambda k: AESCCM(k, tag_length=8), 16, 8, hashes.SHA256()),
+}
+
+
+def _hkdf_expand_label(secret: bytes, label: bytes, length: int,
+                       algorithm: hashes.HashAlgorithm) -> bytes:
+    full = b"tls13 " + label
+    info = struct.pack(">HB", length, len(full)) + full + b"\x00"
+    return HKDFExpand(algorithm, length, info).derive(secret)
+
+
+def tls13_alert_record(cipher_name: str, server_traffic_secret: bytes, description: int,
+                       seq: int = 0) -> bytes:
+    """A fatal alert protected with the server's application traffic secret (RFC 8446 §5.2,
+    §7.3) at record sequence number ``seq``; b"" for a suite this does not know."""
+    suite = _TLS13_SUITES.get(cipher_name)
+    if suite is None:
+        return b""
+    factory, key_len, tag_len, alg = suite
+    key = _hkdf_expand_label(server_traffic_secret, b"key", key_len, alg)
+    iv = _hkdf_expand_label(server_traffic_secret, b"iv", 12, alg)
+    nonce = bytes(a ^ b for a, b in zip(iv, seq.to_bytes(12, "big"), strict=True))
+    inner = bytes((2, description, 21))            # level fatal, description, type alert
+    header = struct.pack(">BHH", 23, 0x0303, len(inner) + tag_len)
+    return header + bytes(factory(key).encrypt(nonce, inner, header))
+
+
+# ------------------------------------------------------------------------------------------------
+# The cache
+# ------------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class CachedCrl:
+    """One validated CRL and where it came from."""
+
+    source: str                               # URL or file path
+    kind: str                                 # "url" | "file"
+    crl: x509.CertificateRevocationList
+    der: bytes
+    issuer_der: bytes                         # DER of the CRL issuer name
+    issuer_cert: x509.Certificate | None      # verified against this (None: file, issuer unknown)
+    this_update: float
+    next_update: float | None
+    fetched_at: float
+    _ossl: Any = field(default=None, repr=False)
+    _serials: frozenset[int] | None = field(default=None, repr=False)
+    _sig_ok: dict[bytes, bool] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def make(cls, crl: x509.CertificateRevocationList, *, source: str, kind: str,
+             issuer_cert: x509.Certificate | None, fetched_at: float,
+             der: bytes | None = None) -> CachedCrl:
+        return cls(source=source, kind=kind, crl=crl,
+                   der=der if der is not None else crl.public_bytes(serialization.Encoding.DER),
+                   issuer_der=crl.issuer.public_bytes(), issuer_cert=issuer_cert,
+                   this_update=_ts(crl.last_update_utc),
+                   next_update=_ts(crl.next_update_utc) if crl.next_update_utc else None,
+                   fetched_at=fetched_at)
+
+    def ossl(self) -> Any:
+        """The CRL as an OpenSSL ``X509_CRL *`` (made once)."""
+        if self._ossl is None:
+            self._ossl = _ossl_crl(self.der)
+        return self._ossl
+
+    def serials(self) -> frozenset[int]:
+        if self._serials is None:
+            self._serials = frozenset(r.serial_number for r in self.crl)
+        return self._serials
+
+    def valid_at(self, now: float, max_skew: float = MAX_CLOCK_SKEW) -> bool:
+        return self.this_update <= now + max_skew and (self.next_update is None
+                                                       or now < self.next_update)
+
+    def signed_by(self, issuer: x509.Certificate) -> bool:
+        """Whether ``issuer`` signed this CRL (cached per issuer key)."""
+        key = issuer.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        ok = self._sig_ok.get(key)
+        if ok is None:
+            try:
+                ok = (self.crl.issuer == issuer.subject
+                      and self.crl.is_signature_valid(issuer.public_key()))  # type: ignore[arg-type]
+            except (TypeError, ValueError, UnsupportedAlgorithm):
+                ok = False
+            self._sig_ok[key] = ok
+        return ok
+
+
+@dataclass(eq=False)
+class _UrlEntry:
+    url: str
+    crl: CachedCrl | None = None
+    issuer: x509.Certificate | None = None
+    failures: int = 0
+    failed_at: float | None = None
+    last_error: str | None = None
+    last_used: float = 0.0
+
+
+@dataclass(eq=False)
+class _FileEntry:
+    path: str
+    crl: CachedCrl | None
+    stamp: tuple[int, int] | None               # (mtime_ns, size) of what was loaded
+
+
+@dataclass(eq=False)
+class _FileSet:
+    trust: list[x509.Certificate]
+    files: dict[str, _FileEntry]
+
+
+class CrlCache:
+    """All CRLs of this worker: the distribution-point LRU and the local ``crlfile``s."""
+
+    def __init__(self, config: CrlCacheConfig | None = None, *,
+                 data_dir: str | os.PathLike[str] | None = None,
+                 status: RevocationStatus | None = None,
+                 session: aiohttp.ClientSession | None = None,
+                 clock: Callable[[], float] = time.time, file_poll_interval: float = 5.0,
+                 max_bytes: int = MAX_CRL_BYTES, fetch_concurrency: int = 8,
+                 max_skew: float = MAX_CLOCK_SKEW) -> None:
+        if config is None:
+            from ..config.schema import CrlCacheConfig as _Cfg
+            config = _Cfg()
+        self.refresh_interval = float(config.refresh_interval)
+        self.http_timeout = float(config.http_timeout)
+        self.capacity = int(config.capacity)
+        self.failure_threshold = float(config.failure_threshold)
+        self._status = status or default_status()
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+        self._file_poll_interval = file_poll_interval
+        self._max_bytes = max_bytes
+        self._max_skew = max_skew
+        self._sem = asyncio.Semaphore(fetch_concurrency)
+        self._dir = Path(data_dir) / "crl" if data_dir is not None else None
+        self._urls: OrderedDict[str, _UrlEntry] = OrderedDict()
+        self._by_issuer_hash: dict[int, set[str]] = {}
+        self._files: dict[str, _FileSet] = {}
+        self._inflight: dict[str, asyncio.Task[CachedCrl]] = {}
+        self._change_cbs: list[Callable[[], None]] = []
+        self._revoked_cbs: list[Callable[[frozenset[CertId]], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._next_file_poll = 0.0
+
+    # -- subscriptions ------------------------------------------------------------------------
+    def on_change(self, cb: Callable[[], None]) -> Callable[[], None]:
+        """``cb()`` after any CRL is added, replaced or dropped. Returns an unsubscribe."""
+        self._change_cbs.append(cb)
+        return lambda: self._change_cbs.remove(cb) if cb in self._change_cbs else None
+
+    def on_revoked(self, cb: Callable[[frozenset[CertId]], None]) -> Callable[[], None]:
+        """``cb(ids)`` with the (issuer name DER, serial) pairs that a new or refreshed CRL lists
+        and its previous version (if any) did not — for ``close_revoked_connections``."""
+        self._revoked_cbs.append(cb)
+        return lambda: self._revoked_cbs.remove(cb) if cb in self._revoked_cbs else None
+
+    def _changed(self, old: CachedCrl | None, new: CachedCrl | None) -> None:
+        for cb in list(self._change_cbs):
+            try:
+                cb()
+            except Exception:
+                log.exception("CRL change listener failed")
+        if new is None or not self._revoked_cbs:
+            return
+        added = new.serials() - (old.serials() if old is not None else frozenset())
+        if not added:
+            return
+        ids = frozenset((new.issuer_der, s) for s in added)
+        for rcb in list(self._revoked_cbs):
+            try:
+                rcb(ids)
+            except Exception:
+                log.exception("CRL revocation listener failed")
+
+    # -- reading ------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self._clock()
+
+    def get(self, url: str) -> CachedCrl | None:
+        """The CRL held for ``url`` (counts as a use for the LRU)."""
+        e = self._urls.get(url)
+        if e is None:
+            return None
+        self._touch(e)
+        return e.crl
+
+    def crls(self) -> list[CachedCrl]:
+        """Every CRL held (URL and file, unique by content), for building a verify store."""
+        seen: set[bytes] = set()
+        out: list[CachedCrl] = []
+        for c in self._all():
+            h = hashlib.sha256(c.der).digest()
+            if h not in seen:
+                seen.add(h)
+                out.append(c)
+        return out
+
+    def _all(self) -> Iterable[CachedCrl]:
+        for e in self._urls.values():
+            if e.crl is not None:
+                yield e.crl
+        for fs in self._files.values():
+            for fe in fs.files.values():
+                if fe.crl is not None:
+                    yield fe.crl
+
+    def in_backoff(self, url: str) -> bool:
+        """True while ``url`` failed less than ``failure_threshold`` ago (no new attempt)."""
+        e = self._urls.get(url)
+        return (e is not None and e.failed_at is not None
+                and self._clock() < e.failed_at + self.failure_threshold)
+
+    def best_crl_for(self, cert: x509.Certificate, issuer: x509.Certificate,
+                     now: float | None = None) -> CachedCrl | None:
+        """The newest current CRL that covers ``cert`` and is signed by ``issuer``, preferring
+        none by source (the newest wins, as in OpenSSL)."""
+        t = self._clock() if now is None else now
+        want = cert.issuer.public_bytes()
+        cands = [c for c in self._all() if c.issuer_der == want and c.valid_at(t, self._max_skew)]
+        cands.sort(key=lambda c: c.this_update, reverse=True)
+        for c in cands:
+            if c.signed_by(issuer):
+                if c.kind == "url":
+                    e = self._urls.get(c.source)
+                    if e is not None:
+                        self._touch(e)
+                return c
+        return None
+
+    def revocation_of(self, issuer_der: bytes, serial: int,
+                      now: float | None = None) -> tuple[CachedCrl, x509.RevokedCertificate] | None:
+        """Whether the newest current CRL of ``issuer_der`` lists ``serial`` (no signature
+        re-check: every CRL was verified when it entered the cache, or is verified by OpenSSL
+        at use for file CRLs whose issuer is not configured)."""
+        t = self._clock() if now is None else now
+        cands = [c for c in self._all() if c.issuer_der == issuer_der and c.valid_at(t)]
+        if not cands:
+            return None
+        best = max(cands, key=lambda c: c.this_update)
+        rev = best.crl.get_revoked_certificate_by_serial_number(serial)
+        return (best, rev) if rev is not None else None
+
+    def touch_issuer_hash(self, h: int) -> None:
+        """Mark the CRLs of the issuer with OpenSSL name hash ``h`` as used (LRU)."""
+        urls = self._by_issuer_hash.get(h)
+        if urls:
+            for u in urls:
+                e = self._urls.get(u)
+                if e is not None:
+                    self._touch(e)
+
+    def _touch(self, e: _UrlEntry) -> None:
+        e.last_used = self._clock()
+        self._urls.move_to_end(e.url)
+
+    # -- fetching -----------------------------------------------------------------------------
+    async def fetch(self, url: str, issuer: x509.Certificate, *,
+                    force: bool = False) -> CachedCrl:
+        """The CRL of ``url``, signed by ``issuer``: the held one if current (unless ``force``),
+        else downloaded and validated. Concurrent calls share one download. Raises
+        :class:`CrlFetchError` / :class:`CrlValidationError`; while ``url`` is in its
+        failure back-off, raises at once without a request."""
+        e = self._urls.get(url)
+        now = self._clock()
+        if (not force and e is not None and e.crl is not None
+                and e.crl.valid_at(now, self._max_skew) and e.crl.signed_by(issuer)):
+            self._touch(e)
+            return e.crl
+        if not force and self.in_backoff(url) and e is not None and e.failed_at is not None:
+            raise CrlFetchError(
+                f"{url}: not retried before {_fmt(e.failed_at + self.failure_threshold)} "
+                f"(failed {now - e.failed_at:.0f}s ago: {e.last_error}; "
+                f"crl_cache.failure_threshold)")
+        task = self._inflight.get(url)
+        if task is None:
+            task = asyncio.create_task(self._fetch(url, issuer), name=f"crl-fetch:{url}")
+            self._inflight[url] = task
+            task.add_done_callback(functools.partial(self._forget, url))
+        return await asyncio.shield(task)
+
+    def _forget(self, url: str, _task: object) -> None:
+        self._inflight.pop(url, None)
+
+    async def _download(self, url: str) -> bytes:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(
+                    total=self.http_timeout)) as r:
+                if r.status != 200:
+                    raise CrlFetchError(f"{url}: HTTP {r.status} {r.reason or ''}".rstrip())
+                if r.content_length is not None and r.content_length > self._max_bytes:
+                    raise CrlFetchError(f"{url}: {r.content_length} bytes, more than the "
+                                        f"{self._max_bytes} a CRL may have here")
+                body = bytearray()
+                async for chunk in r.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > self._max_bytes:
+                        raise CrlFetchError(f"{url}: more than {self._max_bytes} bytes")
+                return bytes(body)
+        except TimeoutError:
+            raise CrlFetchError(f"{url}: no answer within {self.http_timeout:g}s "
+                                f"(crl_cache.http_timeout)") from None
+        except aiohttp.ClientError as e:
+            raise CrlFetchError(f"{url}: cannot fetch: {e or type(e).__name__}") from None
+
+    async def _fetch(self, url: str, issuer: x509.Certificate) -> CachedCrl:
+        st = self._status.crl(url, "url")
+        st.last_fetch = self._clock()
+        st.fetches += 1
+        try:
+            async with self._sem:
+                body = await self._download(url)
+            crl = load_crl(body, url)
+            now = self._clock()
+            check_crl(crl, issuer, now=now, source=url, max_skew=self._max_skew)
+            new = CachedCrl.make(crl, source=url, kind="url", issuer_cert=issuer, fetched_at=now)
+            new.ossl()      # parse for OpenSSL now: a CRL OpenSSL rejects is a fetch failure
+        except CrlError as err:
+            self._record_failure(url, str(err))
+            raise
+        e = self._entry(url)
+        old = e.crl
+        if old is not None and new.this_update < old.this_update and old.valid_at(now):
+            log.info("CRL %s: the server returned an older CRL (thisUpdate %s < %s); keeping "
+                     "the held one", url, _fmt(new.this_update), _fmt(old.this_update))
+            new = old
+        else:
+            e.crl = new
+            self._index(url, new)
+        e.issuer = issuer
+        e.failures = 0
+        e.failed_at = None
+        e.last_error = None
+        self._touch(e)
+        st.cached = True
+        st.issuer = new.crl.issuer.rfc4514_string()
+        st.this_update, st.next_update = new.this_update, new.next_update
+        st.revoked_count = len(new.serials())
+        st.last_success = now
+        st.consecutive_failures = 0
+        st.last_used = e.last_used
+        st.next_refresh = self._due(e)
+        if new is not old:
+            log.info("CRL %s: loaded (%d revoked, thisUpdate %s, nextUpdate %s)", url,
+                     st.revoked_count, _fmt(new.this_update), _fmt(new.next_update))
+            await self._persist(url, new)
+            self._changed(old, new)
+            self._wake.set()
+        return new
+
+    def _entry(self, url: str) -> _UrlEntry:
+        e = self._urls.get(url)
+        if e is None:
+            e = _UrlEntry(url)
+            self._urls[url] = e
+            self._evict()
+        return e
+
+    def _evict(self) -> None:
+        while len(self._urls) > self.capacity:
+            victim = next((u for u in self._urls if u not in self._inflight), None)
+            if victim is None:
+                return
+            e = self._urls.pop(victim)
+            self._status.drop_crl(victim)
+            self._unindex(victim)
+            log.info("CRL %s: evicted (crl_cache.capacity = %d, least recently used)", victim,
+                     self.capacity)
+            if self._dir is not None:
+                for p in self._persist_paths(victim):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            if e.crl is not None:
+                self._changed(e.crl, None)
+
+    def _index(self, url: str, c: CachedCrl) -> None:
+        self._unindex(url)
+        self._by_issuer_hash.setdefault(_name_hash(c.issuer_der), set()).add(url)
+
+    def _unindex(self, url: str) -> None:
+        for urls in self._by_issuer_hash.values():
+            urls.discard(url)
+
+    def _record_failure(self, url: str, reason: str) -> None:
+        now = self._clock()
+        e = self._entry(url)
+        e.failures += 1
+        e.failed_at = now
+        e.last_error = reason
+        st = self._status.crl(url, "url")
+        st.last_error = reason
+        st.last_error_time = now
+        st.consecutive_failures = e.failures
+        st.next_refresh = now + self.failure_threshold if e.crl is not None else None
+        held = (f"keeping the held CRL until {_fmt(e.crl.next_update)}" if e.crl is not None
+                else "no CRL held for it")
+        log.warning("CRL %s: %s (%s; no new attempt for %gs)", url, reason, held,
+                    self.failure_threshold)
+
+    def _due(self, e: _UrlEntry) -> float:
+        if e.crl is None:
+            return float("inf")
+        if e.failed_at is not None:
+            return e.failed_at + self.failure_threshold
+        due = e.crl.fetched_at + self.refresh_interval
+        if e.crl.next_update is not None:
+            due = min(due, e.crl.next_update)
+        return due
+
+    async def refresh_due(self) -> int:
+        """Refresh every held URL CRL that is due; the number refreshed successfully."""
+        now = self._clock()
+        due = [e for e in self._urls.values()
+               if e.crl is not None and e.issuer is not None and self._due(e) <= now]
+        return await self._refresh(due)
+
+    async def refresh_all(self) -> int:
+        """Refresh every held URL CRL now (admin reload, tests)."""
+        return await self._refresh([e for e in self._urls.values()
+                                    if e.crl is not None and e.issuer is not None])
+
+    async def _refresh(self, entries: list[_UrlEntry]) -> int:
+        async def one(e: _UrlEntry) -> bool:
+            assert e.issuer is not None
+            try:
+                await self.fetch(e.url, e.issuer, force=True)
+            except CrlError:
+                return False
+            return True
+        results = await asyncio.gather(*(one(e) for e in entries))
+        return sum(results)
+
+    # -- local files --------------------------------------------------------------------------
+    def set_files(self, owner: str, paths: Sequence[str],
+                  trust: Sequence[x509.Certificate]) -> None:
+        """Load the ``crlfile`` list of ``owner`` (a listener). All files are loaded before any
+        replaces the old set: on error (:class:`CrlError` naming the file) nothing changes."""
+        now = self._clock()
+        fresh: dict[str, _FileEntry] = {}
+        for p in paths:
+            crl, stamp = self._load_file(p, trust, now)
+            fresh[p] = _FileEntry(p, crl, stamp)
+        old = self._files.get(owner)
+        self._files[owner] = _FileSet(list(trust), fresh)
+        if old is not None:
+            for p in old.files:
+                if p not in fresh and not self._file_used_elsewhere(p, owner):
+                    self._status.drop_crl(p)
+        for p, fe in fresh.items():
+            prev = old.files.get(p) if old is not None else None
+            self._file_status(fe, error=None)
+            if prev is None or prev.crl is None or fe.crl is None or prev.crl.der != fe.crl.der:
+                self._changed(prev.crl if prev is not None else None, fe.crl)
+        if old is not None and any(p not in fresh for p in old.files):
+            self._changed(None, None)
+        self._wake.set()
+
+    def drop_files(self, owner: str) -> None:
+        old = self._files.pop(owner, None)
+        if old is None:
+            return
+        for p in old.files:
+            if not self._file_used_elsewhere(p, owner):
+                self._status.drop_crl(p)
+        self._changed(None, None)
+
+    def _file_used_elsewhere(self, path: str, owner: str) -> bool:
+        return any(path in fs.files for o, fs in self._files.items() if o != owner)
+
+    def _load_file(self, path: str, trust: Sequence[x509.Certificate],
+                   now: float) -> tuple[CachedCrl, tuple[int, int]]:
+        try:
+            stt = os.stat(path)
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise CrlError(f"crlfile {path!r}: cannot read: {e.strerror or e}") from None
+        crl = load_crl(data, f"crlfile {path!r}")
+        issuer = next((c for c in trust if c.subject == crl.issuer), None)
+        if issuer is not None:
+            try:
+                check_crl(crl, issuer, now=now, source=f"crlfile {path!r}", allow_expired=True,
+                          max_skew=self._max_skew)
+            except CrlValidationError as e:
+                raise CrlError(str(e)) from None
+        else:
+            log.info("crlfile %r: its issuer %s is not in cacertfile; OpenSSL verifies its "
+                     "signature against the client's chain when it is used", path,
+                     crl.issuer.rfc4514_string())
+        cached = CachedCrl.make(crl, source=path, kind="file", issuer_cert=issuer,
+                                fetched_at=now)
+        try:
+            cached.ossl()
+        except CrlValidationError as e:
+            raise CrlError(f"crlfile {path!r}: {e}") from None
+        if cached.next_update is not None and cached.next_update <= now:
+            log.warning("crlfile %r expired at %s: clients of %s are refused until it is "
+                        "replaced (or allowed under crl_soft_fail)", path,
+                        _fmt(cached.next_update), crl.issuer.rfc4514_string())
+        return cached, (stt.st_mtime_ns, stt.st_size)
+
+    def _file_status(self, fe: _FileEntry, error: str | None) -> None:
+        st = self._status.crl(fe.path, "file")
+        now = self._clock()
+        if error is not None:
+            st.last_error = error
+            st.last_error_time = now
+            st.consecutive_failures += 1
+            return
+        st.last_fetch = st.last_success = now
+        st.consecutive_failures = 0
+        st.fetches += 1
+        if fe.crl is not None:
+            st.cached = True
+            st.issuer = fe.crl.crl.issuer.rfc4514_string()
+            st.this_update, st.next_update = fe.crl.this_update, fe.crl.next_update
+            st.revoked_count = len(fe.crl.serials())
+
+    def poll_files(self) -> int:
+        """Reload every ``crlfile`` whose mtime or size changed; the number reloaded. A file
+        that no longer loads keeps its previous CRL (error logged and in the status)."""
+        reloaded = 0
+        now = self._clock()
+        for fs in self._files.values():
+            for p, fe in list(fs.files.items()):
+                try:
+                    stt = os.stat(p)
+                    stamp = (stt.st_mtime_ns, stt.st_size)
+                except OSError as e:
+                    if fe.stamp is not None:
+                        log.error("crlfile %r: %s; keeping the CRL loaded before", p,
+                                  e.strerror or e)
+                        self._file_status(fe, error=f"cannot read: {e.strerror or e}")
+                        fe.stamp = None
+                    continue
+                if stamp == fe.stamp:
+                    continue
+                try:
+                    crl, stamp = self._load_file(p, fs.trust, now)
+                except CrlError as e:
+                    log.error("%s; keeping the CRL loaded before", e)
+                    self._file_status(fe, error=str(e))
+                    fe.stamp = stamp
+                    continue
+                old = fe.crl
+                fs.files[p] = nfe = _FileEntry(p, crl, stamp)
+                self._file_status(nfe, error=None)
+                log.info("crlfile %r reloaded (%d revoked, thisUpdate %s)", p,
+                         len(crl.serials()), _fmt(crl.this_update))
+                reloaded += 1
+                self._changed(old, crl)
+        return reloaded
+
+    # -- persistence --------------------------------------------------------------------------
+    def _persist_paths(self, url: str) -> tuple[Path, Path]:
+        assert self._dir is not None
+        h = hashlib.sha256(url.encode()).hexdigest()[:40]
+        return self._dir / f"{h}.der", self._dir / f"{h}.json"
+
+    async def _persist(self, url: str, c: CachedCrl) -> None:
+        if self._dir is None or c.issuer_cert is None:
+            return
+        der_path, meta_path = self._persist_paths(url)
+        meta = json.dumps({"url": url, "issuer_pem": c.issuer_cert.public_bytes(
+            serialization.Encoding.PEM).decode()}).encode()
+        try:
+            await asyncio.to_thread(_write_pair, der_path, c.der, meta_path, meta)
+        except OSError as e:
+            log.warning("CRL %s: cannot save to %s: %s", url, der_path.parent, e.strerror or e)
+
+    def restore(self) -> int:
+        """Load the CRLs saved under ``<data_dir>/crl/`` (still current ones only, newest
+        first up to capacity); the number restored. Synchronous (start-up)."""
+        if self._dir is None or not self._dir.is_dir():
+            return 0
+        now = self._clock()
+        metas = sorted(self._dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        restored = 0
+        for meta_path in metas:
+            der_path = meta_path.with_suffix(".der")
+            try:
+                meta = json.loads(meta_path.read_text())
+                url = str(meta["url"])
+                issuer = x509.load_pem_x509_certificate(str(meta["issuer_pem"]).encode())
+                crl = load_crl(der_path.read_bytes(), url)
+                check_crl(crl, issuer, now=now, source=url, max_skew=self._max_skew)
+                c = CachedCrl.make(crl, source=url, kind="url", issuer_cert=issuer,
+                                   fetched_at=meta_path.stat().st_mtime)
+                c.ossl()
+            except (OSError, ValueError, KeyError, CrlError) as err:
+                log.info("saved CRL %s not used: %s", meta_path.name, err)
+                for p in (meta_path, der_path):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                continue
+            if url in self._urls or len(self._urls) >= self.capacity:
+                continue
+            e = _UrlEntry(url, crl=c, issuer=issuer, last_used=c.fetched_at)
+            self._urls[url] = e
+            self._urls.move_to_end(url, last=False)     # older files rank as less recently used
+            self._index(url, c)
+            st = self._status.crl(url, "url")
+            st.cached = True
+            st.issuer = crl.issuer.rfc4514_string()
+            st.this_update, st.next_update = c.this_update, c.next_update
+            st.revoked_count = len(c.serials())
+            st.last_success = c.fetched_at
+            st.next_refresh = self._due(e)
+            restored += 1
+        if restored:
+            log.info("restored %d saved CRL(s) from %s", restored, self._dir)
+            self._changed(None, None)
+        return restored
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Restore saved CRLs and start the refresh / file-poll task."""
+        if self._task is not None:
+            return
+        self.restore()
+        self._task = asyncio.create_task(self._maintain(), name="crl-cache")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for t in list(self._inflight.values()):
+            t.cancel()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _maintain(self) -> None:
+        while True:
+            now = self._clock()
+            try:
+                if now >= self._next_file_poll:
+                    self._next_file_poll = now + self._file_poll_interval
+                    self.poll_files()
+                await self.refresh_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("CRL cache maintenance failed; retrying")
+            now = self._clock()
+            wake = min([self._next_file_poll]
+                       + [self._due(e) for e in self._urls.values() if e.issuer is not None])
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, wake - now))
+
+
+def _write_pair(p1: Path, d1: bytes, p2: Path, d2: bytes) -> None:
+    p1.parent.mkdir(parents=True, exist_ok=True)
+    for path, data in ((p1, d1), (p2, d2)):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# The per-listener guard
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeerVerdict:
+    """The outcome of the checks that finish after OpenSSL's handshake."""
+
+    allow: bool
+    reason: str = ""
+    alert: int | None = None        # TLS AlertDescription sent when refused
+    alert_record: bytes = b""       # the record to send instead of the held bytes (may be b"")
+
+
+ALLOW: Final = PeerVerdict(True)
+
+VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+KeylogCallback = Callable[[SSL.Connection, bytes], None]
+
+
+@dataclass(eq=False)
+class _Pending:
+    fetch: dict[str, int] = field(default_factory=dict)   # url -> depth of the cert needing it
+    ocsp: bool = False
+    decided: PeerVerdict | None = None
+
+    def needs_wait(self) -> bool:
+        return bool(self.fetch) or self.ocsp or self.decided is not None
+
+
+def _load_trust(path: str, key: str) -> list[x509.Certificate]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CrlError(f"{key}: cannot read {path!r}: {e.strerror or e}") from None
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise CrlError(f"{key}: {path!r} holds no PEM certificate ({e})") from None
+
+
+class ClientRevocationGuard:
+    """Client-certificate revocation for one listener: CRLs (``enable_crl_check``) and,
+    optionally, OCSP (``ocsp.check_client``). See the module docstring for the flow.
+
+    Gateway integration, per listener::
+
+        guard = ClientRevocationGuard(opts, cache, name="listeners.ssl.default",
+                                      client_ocsp=checker_or_None)
+        for ctx in (main_ctx, *sni_ctxs):          # before any Connection is made from them
+            guard.attach(ctx, verify_mode)         # store + flags, verify and keylog callbacks
+
+    Per connection: after every ``do_handshake()`` step, if ``guard.pending(conn)`` hold the
+    bytes OpenSSL wrote instead of sending them (from that step on). When the handshake is done,
+    before sending that last step's bytes: ``v = guard.check_now(conn) or await
+    guard.resolve(conn)``; if ``v.allow`` send the held bytes and go on, else send
+    ``v.alert_record`` (may be empty), close, and log ``v.reason``.
+    """
+
+    def __init__(self, options: ServerSslOptions, cache: CrlCache | None, *,
+                 name: str = "listener", client_ocsp: ClientOcspChecker | None = None,
+                 trust: Sequence[x509.Certificate] | None = None,
+                 key_prefix: str = "ssl_options") -> None:
+        self.name = name
+        self.crl_enabled = bool(options.enable_crl_check)
+        if self.crl_enabled and cache is None:
+            raise ValueError("enable_crl_check needs a CrlCache")
+        self.cache = cache
+        self.client_ocsp = client_ocsp
+        self.depth_mode = options.crl_check_depth
+        self.soft_fail = bool(options.crl_soft_fail)
+        self.partial_chain = bool(options.partial_chain)
+        if trust is None:
+            trust = (_load_trust(options.cacertfile, f"{key_prefix}.cacertfile")
+                     if options.cacertfile else [])
+        self.trust = list(trust)
+        self._trust_x509 = [crypto.X509.from_cryptography(c) for c in self.trust]
+        self._contexts: list[weakref.ref[SSL.Context]] = []
+        self._pending: weakref.WeakKeyDictionary[SSL.Connection, _Pending] = (
+            weakref.WeakKeyDictionary())
+        self._secrets: weakref.WeakKeyDictionary[SSL.Connection, bytes] = (
+            weakref.WeakKeyDictionary())
+        self._verify_next: VerifyCallback | None = None
+        self._keylog_next: KeylogCallback | None = None
+        self._store: crypto.X509Store | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        # Files are registered per guard instance, so building a listener's new guard on reload
+        # and then closing the old one never drops the new one's files.
+        self._owner = f"{name}#{id(self):x}"
+        if self.crl_enabled:
+            assert cache is not None
+            try:
+                cache.set_files(self._owner, list(options.crlfile), self.trust)
+            except CrlError as e:
+                raise CrlError(f"{key_prefix}.crlfile: {e}") from None
+            self._unsubscribe = cache.on_change(self.rebuild_store)
+
+    # -- context setup ------------------------------------------------------------------------
+    def attach(self, ctx: SSL.Context, verify_mode: int | None = None, *,
+               verify_next: VerifyCallback | None = None,
+               keylog_next: KeylogCallback | None = None) -> None:
+        """Prepare ``ctx`` (before any Connection is made from it): with CRL checking, its
+        verify store becomes this guard's (cacertfile + CRLs + CRL_CHECK[_ALL] flags, rebuilt
+        on every CRL change); the verify callback (if ``verify_mode`` is given: also
+        ``set_verify``) and a keylog callback (for TLS 1.3 late alerts) are installed.
+        ``verify_next`` / ``keylog_next`` are called after ours if you need your own."""
+        if verify_next is not None:
+            self._verify_next = verify_next
+        if keylog_next is not None:
+            self._keylog_next = keylog_next
+        if verify_mode is not None:
+            ctx.set_verify(verify_mode, self.verify_callback)
+        ctx.set_keylog_callback(self._keylog)
+        if self.crl_enabled:
+            self._contexts.append(weakref.ref(ctx))
+            if self._store is None:
+                self.rebuild_store()
+            else:
+                self._install(ctx, self._store)
+
+    def rebuild_store(self) -> None:
+        """A new verify store from cacertfile and the CRLs held now, into every context."""
+        if not self.crl_enabled or self.cache is None:
+            return
+        store = crypto.X509Store()
+        for c in self._trust_x509:
+            store.add_cert(c)
+        for cc in self.cache.crls():
+            if _lib.X509_STORE_add_crl(store._store, cc.ossl()) != 1:
+                _lib.ERR_clear_error()
+                log.warning("%s: OpenSSL refused the CRL from %s", self.name, cc.source)
+        flags = crypto.X509StoreFlags.CRL_CHECK
+        if self.depth_mode == "chain":
+            flags |= crypto.X509StoreFlags.CRL_CHECK_ALL
+        if self.partial_chain:
+            flags |= crypto.X509StoreFlags.PARTIAL_CHAIN
+        store.set_flags(flags)
+        self._store = store
+        alive = []
+        for ref in self._contexts:
+            ctx = ref()
+            if ctx is not None:
+                self._install(ctx, store)
+                alive.append(ref)
+        self._contexts = alive
+
+    @staticmethod
+    def _install(ctx: SSL.Context, store: crypto.X509Store) -> None:
+        # Below pyOpenSSL's "context already used" guard on purpose: see the module docstring.
+        _lib.X509_STORE_up_ref(store._store)
+        _lib.SSL_CTX_set_cert_store(ctx._context, store._store)
+
+    def close(self) -> None:
+        """Stop following the cache (listener removed or replaced on reload)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self.crl_enabled and self.cache is not None:
+            self.cache.drop_files(self._owner)
+
+    # -- handshake-time callbacks -------------------------------------------------------------
+    def _keylog(self, conn: SSL.Connection, line: bytes) -> None:
+        if line.startswith(b"SERVER_TRAFFIC_SECRET_0 "):
+            parts = line.split()
+            if len(parts) == 3:
+                with contextlib.suppress(ValueError):
+                    self._secrets[conn] = bytes.fromhex(parts[2].decode("ascii"))
+        nxt = self._keylog_next
+        if nxt is not None:
+            nxt(conn, line)
+
+    def verify_callback(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int,
+                        ok: int) -> bool:
+        """pyOpenSSL verify callback. Fast path (CRLs in the store): one LRU touch per
+        certificate. Slow path: see the module docstring. Never raises (pyOpenSSL would re-raise
+        it from do_handshake): an unexpected error refuses the certificate."""
+        try:
+            return self._verify(conn, cert, errno, depth, ok)
+        except Exception:
+            log.exception("%s: verify callback failed; refusing the client certificate",
+                          self.name)
+            return False
+
+    def _verify(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int,
+                ok: int) -> bool:
+        if ok:
+            if self.crl_enabled and self.cache is not None:
+                self.cache.touch_issuer_hash(
+                    int(_lib.X509_NAME_hash(_lib.X509_get_issuer_name(cert._x509))))
+            if depth == 0 and self.client_ocsp is not None:
+                self._mark_ocsp(conn, cert)
+        elif self.crl_enabled and errno in _CRL_UNAVAILABLE:
+            return self._crl_unavailable(conn, cert, errno, depth)
+        elif errno == _lib.X509_V_ERR_CERT_REVOKED and log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: client certificate at depth %d is revoked (CRL held)", self.name,
+                      depth)
+        nxt = self._verify_next
+        if nxt is not None:
+            return bool(nxt(conn, cert, errno, depth, ok))
+        return bool(ok)
+
+    def _crl_unavailable(self, conn: SSL.Connection, cert: crypto.X509, errno: int,
+                         depth: int) -> bool:
+        assert self.cache is not None
+        c = cert.to_cryptography()
+        if depth > 0 and c.subject == c.issuer:
+            # A self-issued trust anchor: trusted by configuration, not revocation-checked.
+            return True
+        p = self._pending.get(conn)
+        if p is None:
+            p = self._pending[conn] = _Pending()
+        urls = crl_distribution_urls(c)
+        fetchable = [u for u in urls if not self.cache.in_backoff(u)]
+        for u in fetchable:
+            p.fetch.setdefault(u, depth)
+        if fetchable:
+            return True         # decided in resolve(), after the fetch
+        why = ("has no http(s) CRL distribution point and no crlfile covers its issuer"
+               if not urls else f"its CRL source(s) {', '.join(urls)} failed recently")
+        what = f"no CRL obtainable for {_describe(c)} (depth {depth}): {why}"
+        if self.soft_fail:
+            log.warning("%s: %s; allowed (crl_soft_fail = true)", self.name, what)
+            return True
+        if p.fetch:
+            # Another level is being fetched; refuse after the handshake with the same reason.
+            p.decided = PeerVerdict(False, what, ALERT_UNKNOWN_CA)
+            return True
+        log.warning("%s: client refused: %s (crl_soft_fail = false)", self.name, what)
+        self._pending.pop(conn, None)
+        self._secrets.pop(conn, None)
+        return False            # OpenSSL sends unknown_ca, its alert for a missing CRL
+
+    def _mark_ocsp(self, conn: SSL.Connection, cert: crypto.X509) -> None:
+        assert self.client_ocsp is not None
+        issuer_der, serial = _issuer_serial(cert._x509)
+        hit = self.client_ocsp.cached(issuer_der, serial)
+        if hit is not None and hit.status in ("good", "no_responder"):
+            return
+        p = self._pending.get(conn)
+        if p is None:
+            p = self._pending[conn] = _Pending()
+        p.ocsp = True
+
+    # -- after the handshake ------------------------------------------------------------------
+    def pending(self, conn: SSL.Connection) -> bool:
+        """True if the verdict needs :meth:`resolve`: hold all server output from now on."""
+        p = self._pending.get(conn)
+        return p is not None and p.needs_wait()
+
+    def check_now(self, conn: SSL.Connection) -> PeerVerdict | None:
+        """The verdict when it needs no waiting (the usual case), else None (call resolve)."""
+        if self.pending(conn):
+            return None
+        self._pending.pop(conn, None)
+        secret = self._secrets.pop(conn, None)
+        if not _session_reused(conn):
+            return ALLOW
+        v = self._check_resumed(conn)
+        if v.allow:
+            return v
+        return self._with_alert(conn, v, secret)
+
+    def _check_resumed(self, conn: SSL.Connection) -> PeerVerdict:
+        peer = conn.get_peer_certificate()
+        if peer is None:
+            return ALLOW
+        issuer_der, serial = _issuer_serial(peer._x509)
+        if self.crl_enabled and self.cache is not None:
+            hit = self.cache.revocation_of(issuer_der, serial)
+            if hit is not None:
+                crl, rev = hit
+                return PeerVerdict(False, self._revoked_reason(peer.to_cryptography(), crl, rev)
+                                   + " (resumed session)", ALERT_CERTIFICATE_REVOKED)
+        if self.client_ocsp is not None:
+            r = self.client_ocsp.cached(issuer_der, serial)
+            if r is not None and r.status == "revoked":
+                return PeerVerdict(False, r.reason + " (resumed session)",
+                                   ALERT_CERTIFICATE_REVOKED)
+        return ALLOW
+
+    async def resolve(self, conn: SSL.Connection) -> PeerVerdict:
+        """Finish the deferred checks of ``conn`` (fetching what is missing; other connections
+        are not held up) and return the verdict, with the alert record to send if refused."""
+        p = self._pending.pop(conn, None)
+        secret = self._secrets.pop(conn, None)
+        if p is None or not p.needs_wait():
+            return ALLOW
+        try:
+            v = await self._decide(conn, p)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: revocation check failed unexpectedly; refusing the client",
+                          self.name)
+            v = PeerVerdict(False, "internal error during the revocation check",
+                            ALERT_INTERNAL_ERROR)
+        if v.allow:
+            return v
+        return self._with_alert(conn, v, secret)
+
+    async def _decide(self, conn: SSL.Connection, p: _Pending) -> PeerVerdict:
+        chain = [c.to_cryptography() for c in (conn.get_verified_chain() or [])]
+        if not chain:
+            peer = conn.get_peer_certificate()
+            if peer is None:
+                return ALLOW
+            chain = [peer.to_cryptography()]
+        if p.fetch and self.cache is not None:
+            waits = []
+            for url, depth in p.fetch.items():
+                cert = chain[depth] if depth < len(chain) else None
+                issuer = find_issuer(cert, chain + self.trust) if cert is not None else None
+                if issuer is None:
+                    log.warning("%s: cannot tell which CA signs the CRL at %s; not fetched",
+                                self.name, url)
+                    continue
+                waits.append(self.cache.fetch(url, issuer))
+            for res in await asyncio.gather(*waits, return_exceptions=True):
+                if isinstance(res, BaseException) and not isinstance(res, CrlError):
+                    raise res
+        if p.decided is not None:
+            return p.decided
+        if self.crl_enabled:
+            v = self._check_chain(chain)
+            if not v.allow:
+                return v
+        if p.ocsp and self.client_ocsp is not None and len(chain) >= 2:
+            r = await self.client_ocsp.check(chain[0], chain[1])
+            if r.status == "revoked":
+                return PeerVerdict(False, r.reason, ALERT_CERTIFICATE_REVOKED)
+            if r.status == "unknown":
+                return PeerVerdict(False, r.reason, ALERT_CERTIFICATE_UNKNOWN)
+            if r.status == "error":
+                what = f"client OCSP check of {_describe(chain[0])} failed: {r.reason}"
+                if not self.soft_fail:
+                    return PeerVerdict(False, what + " (crl_soft_fail = false)",
+                                       ALERT_CERTIFICATE_UNKNOWN)
+                log.warning("%s: %s; allowed (crl_soft_fail = true)", self.name, what)
+        return ALLOW
+
+    def _check_chain(self, chain: list[x509.Certificate]) -> PeerVerdict:
+        """Python twin of OpenSSL's CRL check, used once the missing CRLs were fetched:
+        depth 0 (``leaf``) or every certificate below the trust anchor (``chain``)."""
+        assert self.cache is not None
+        now = self.cache.now()
+        top = 1 if self.depth_mode == "leaf" else len(chain) - 1
+        missing = []
+        for d in range(min(top, len(chain) - 1)):
+            cert, issuer = chain[d], chain[d + 1]
+            crl = self.cache.best_crl_for(cert, issuer, now)
+            if crl is None:
+                missing.append(f"{_describe(cert)} (depth {d})")
+                continue
+            rev = crl.crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if rev is not None:
+                return PeerVerdict(False, self._revoked_reason(cert, crl, rev),
+                                   ALERT_CERTIFICATE_REVOKED)
+        if missing:
+            what = f"no CRL obtainable for {', '.join(missing)}"
+            if self.soft_fail:
+                log.warning("%s: %s; allowed (crl_soft_fail = true)", self.name, what)
+                return ALLOW
+            return PeerVerdict(False, what + " (crl_soft_fail = false)", ALERT_UNKNOWN_CA)
+        return ALLOW
+
+    @staticmethod
+    def _revoked_reason(cert: x509.Certificate, crl: CachedCrl,
+                        rev: x509.RevokedCertificate) -> str:
+        reason = ""
+        with contextlib.suppress(x509.ExtensionNotFound, ValueError):
+            crl_reason = rev.extensions.get_extension_for_class(x509.CRLReason).value
+            reason = f", reason {crl_reason.reason.value}"
+        return (f"certificate {_describe(cert)} is revoked by the CRL {crl.source} "
+                f"(revoked {_fmt(_ts(rev.revocation_date_utc))}{reason})")
+
+    def _with_alert(self, conn: SSL.Connection, v: PeerVerdict,
+                    secret: bytes | None) -> PeerVerdict:
+        log.warning("%s: client refused: %s", self.name, v.reason)
+        if v.alert is None:
+            return v
+        version = conn.get_protocol_version_name()
+        record = b""
+        if version == "TLSv1.3" and secret is not None:
+            record = tls13_alert_record(conn.get_cipher_name() or "", secret, v.alert)
+        elif version == "TLSv1.2" and not _session_reused(conn):
+            record = tls12_alert_record(v.alert)
+        return PeerVerdict(False, v.reason, v.alert, record)
+
+    def release(self, conn: SSL.Connection) -> None:
+        """Forget ``conn`` (optional: the state is weakly keyed and goes with the Connection)."""
+        self._pending.pop(conn, None)
+        self._secrets.pop(conn, None)
+
+
+# ------------------------------------------------------------------------------------------------
+# close_revoked_connections
+# ------------------------------------------------------------------------------------------------
+def peer_cert_ids(conn: SSL.Connection, depth: str = "chain") -> frozenset[CertId]:
+    """The (issuer name DER, serial) of the client's certificate — and with ``depth="chain"``
+    of every certificate of its verified chain below the trust anchor — as CRLs name them.
+    After a resumed session only the leaf is known."""
+    ssl = conn._ssl
+    sk = _lib.SSL_get0_verified_chain(ssl)
+    ids: list[CertId] = []
+    if sk != _ffi.NULL and _lib.sk_X509_num(sk) > 0:
+        n = _lib.sk_X509_num(sk)
+        top = 1 if depth == "leaf" else max(1, n - 1)
+        for i in range(min(top, n)):
+            ids.append(_issuer_serial(_lib.sk_X509_value(sk, i)))
+    else:
+        peer = conn.get_peer_certificate()
+        if peer is not None:
+            ids.append(_issuer_serial(peer._x509))
+    return frozenset(ids)
+
+
+H = TypeVar("H", bound=Hashable)
+
+
+class LiveConnectionIndex(Generic[H]):
+    """Which live connections present which certificates, to find those a new CRL revokes.
+
+    ``register(handle, peer_cert_ids(conn, depth))`` after a client is allowed,
+    ``unregister(handle)`` when it closes, and from ``CrlCache.on_revoked``:
+    ``for h in index.affected(ids): close h``."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[CertId, set[H]] = {}
+        self._ids: dict[H, frozenset[CertId]] = {}
+
+    def register(self, handle: H, ids: Iterable[CertId]) -> None:
+        fs = frozenset(ids)
+        self.unregister(handle)
+        self._ids[handle] = fs
+        for i in fs:
+            self._by_id.setdefault(i, set()).add(handle)
+
+    def unregister(self, handle: H) -> None:
+        for i in self._ids.pop(handle, ()):
+            s = self._by_id.get(i)
+            if s is not None:
+                s.discard(handle)
+                if not s:
+                    del self._by_id[i]
+
+    def affected(self, revoked: Iterable[CertId]) -> set[H]:
+        out: set[H] = set()
+        for i in revoked:
+            s = self._by_id.get(i)
+            if s:
+                out |= s
+        return out
+
+    def __len__(self) -> int:
+        return len(self._ids)
