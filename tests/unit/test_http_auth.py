@@ -452,6 +452,8 @@ async def test_close_during_a_call_returns_error(https: AuthServer, pki: Pki) ->
     await auth.close()
     r = await asyncio.wait_for(call, 2)
     assert r.decision is Decision.ERROR and r.reason == "authenticator closed"
+    late = await auth.authenticate(req())
+    assert late.decision is Decision.ERROR and late.reason == "authenticator closed"
 
 
 # --------------------------------------------------------------------------------------------

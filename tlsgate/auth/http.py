@@ -501,6 +501,9 @@ class HttpAuthenticator:
             return self._count(AuthResult(Decision.IGNORE, True, None,
                                           reason="authentication disabled"))
         if self._session is None:
+            if self._closed:  # shutting down: refuse like a down backend, do not crash callers
+                return self._count(self._final(_Answer(Decision.ERROR,
+                                                       reason="authenticator closed"), None, 0.0))
             raise RuntimeError("HttpAuthenticator.start() has not been awaited")
         try:
             prepared = self._prepare(req)
@@ -593,7 +596,9 @@ class HttpAuthenticator:
         return _Prepared(URL(url, encoded=True), headers, body)
 
     async def _call(self, p: _Prepared) -> AuthResult:
-        assert self._session is not None
+        session = self._session
+        if session is None or session.closed:
+            return self._final(_Answer(Decision.ERROR, reason="authenticator closed"), None, 0.0)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         timeout = self.cfg.request_timeout
@@ -604,7 +609,7 @@ class HttpAuthenticator:
             kwargs["server_hostname"] = self._tls.sni
         try:
             async with asyncio.timeout(timeout):
-                async with self._session.request(
+                async with session.request(
                     self.cfg.method.upper(), p.url, headers=p.headers, data=p.body,
                     allow_redirects=False, **kwargs,
                 ) as resp:
@@ -635,6 +640,10 @@ class HttpAuthenticator:
             answer = _Answer(Decision.ERROR, reason=f"HTTP client error: {type(exc).__name__}")
         except OSError as exc:
             answer = _Answer(Decision.ERROR, reason=f"network error: {_os_reason(exc)}")
+        except RuntimeError:
+            if not session.closed:
+                raise
+            answer = _Answer(Decision.ERROR, reason="authenticator closed")
         latency = loop.time() - t0
         self.metrics.observe_latency(latency)
         if status is not None:
