@@ -2,7 +2,9 @@
 
 1. The clients installed here still send what the stored vectors in tests/unit/captures/ say
    (captured live through a one-shot listener, parsed with tlsgate's parser).
-2. The CONNACKs tlsgate encodes are read by real clients as the refusal they mean: a one-shot
+2. Rewritten CONNECTs (new user name and client id, every other byte kept) are accepted by a
+   real mosquitto broker, whose log shows the user name it got.
+3. The CONNACKs tlsgate encodes are read by real clients as the refusal they mean: a one-shot
    server parses the client's CONNECT with ``parse_connect`` and answers with ``encode_connack``
    for the client's version; the code is read from the client (mosquitto_pub's exit status is
    the CONNACK code; paho-mqtt's on_connect), not from tlsgate.
@@ -14,22 +16,27 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from tlsgate.mqtt.connack import connack_code, encode_connack
-from tlsgate.mqtt.connect import Connect, parse_connect
+from tlsgate.mqtt.connack import connack_code, decode_connack, encode_connack
+from tlsgate.mqtt.connect import Connect, parse_connect, rewrite_connect
 from tlsgate.mqtt.errors import Refusal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "captures"))
 import capture
 
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 needs_mosquitto_pub = pytest.mark.skipif(MOSQUITTO_PUB is None,
                                          reason="mosquitto_pub is not installed "
                                                 "(apt-get install mosquitto-clients)")
@@ -58,6 +65,94 @@ def test_mosquitto_pub_matches_stored_vector(name: str) -> None:
 def test_paho_matches_stored_vector(name: str) -> None:
     live = capture.capture_first_packet(capture.run_paho(name))
     assert fields(parsed(live)) == fields(parsed(capture.load_vector(name)))
+
+
+# ---------------------------------------------------------------------------------------------
+# A real broker accepts rewritten CONNECTs
+# ---------------------------------------------------------------------------------------------
+class Mosquitto:
+    def __init__(self, port: int, log: Path, proc: subprocess.Popen[bytes]) -> None:
+        self.port, self.log, self.proc = port, log, proc
+
+    def wait_for_log(self, needle: str, timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace") if self.log.exists() else ""
+            if needle in text:
+                return text
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not in mosquitto's log:\n{text[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def mosquitto() -> Iterator[Mosquitto]:
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    with tempfile.TemporaryDirectory() as d:
+        for _attempt in range(5):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+            log = Path(d) / "mosquitto.log"
+            conf = Path(d) / "mosquitto.conf"
+            # mosquitto started as root drops to the "mosquitto" user: let it reach its log
+            # file (its stdout log would be block-buffered, so a file it flushes per line).
+            Path(d).chmod(0o755)
+            log.touch(mode=0o666)
+            log.chmod(0o666)
+            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                            f"log_type all\nlog_dest file {log}\npersistence false\n")
+            proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            if proc.poll() is None:
+                break
+        else:
+            err = proc.communicate()[1].decode(errors="replace") if proc.stderr else ""
+            pytest.fail(f"mosquitto did not start: {err}")
+        try:
+            yield Mosquitto(port, log, proc)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.parametrize("name", sorted([*capture.MOSQUITTO_PUB, *capture.PAHO]))
+def test_mosquitto_accepts_rewritten_capture(mosquitto: Mosquitto, name: str) -> None:
+    original = parsed(capture.load_vector(name))
+    username = f"CN=device-{name},O=Acme"
+    client_id = f"rw-{name}"
+    packet = rewrite_connect(original, username=username.encode(),
+                             client_id=client_id.encode())
+    with socket.create_connection(("127.0.0.1", mosquitto.port), timeout=5) as conn:
+        conn.sendall(packet)
+        data = b""
+        while (got := decode_connack(data)) is None:
+            chunk = conn.recv(1024)
+            assert chunk, f"mosquitto closed without CONNACK; log:\n" \
+                          f"{mosquitto.log.read_text(errors='replace')[-1500:]}"
+            data += chunk
+    assert got[0].code == 0
+    # mosquitto's log: "New client connected from ... as <id> (p<protocol>, c<clean>,
+    # k<keepalive>, u'<username>')" -- the identity the broker got, with version, clean start
+    # and keepalive kept. p is mosquitto's own enum: 1 = 3.1, 2 = 3.1.1, 5 = 5.0.
+    mosq_protocol = {3: 1, 4: 2, 5: 5}[original.protocol_level]
+    line = f"as {client_id} (p{mosq_protocol}, c{int(original.clean_start)}, " \
+           f"k{original.keepalive}, u'{username}')"
+    mosquitto.wait_for_log(line)
+    if original.will:
+        mosquitto.wait_for_log(f"Will message specified ({len(original.will_payload or b'')} "
+                               f"bytes) (r{int(original.will_retain)}, q{original.will_qos}).")
 
 
 # ---------------------------------------------------------------------------------------------
