@@ -399,7 +399,9 @@ class ClientGate(asyncio.BufferedProtocol):
                       sni=rec.server_name,
                       alpn=rec.alpn.encode() if rec.alpn else None,
                       cn=rec.cert_cn, client_cert_present=self.peer_cert is not None,
-                      client_cert_verified=self.peer_cert is not None)
+                      # peer_cert is only read under verify_peer, i.e. it was verified
+                      client_cert_verified=self.peer_cert is not None,
+                      session_reused=rec.session_reused)
         return encode_v2(src, dst, tls)
 
     # ---------------------------------------------------------------------- refusals, timeouts
