@@ -68,10 +68,9 @@ def parse_hostport(value: Any) -> str:
         value = f"0.0.0.0:{value}"
     if not isinstance(value, str):
         raise ValueError("expected \"host:port\"")
-    if value.isdigit():
-        value = f"0.0.0.0:{value}"
-    split_hostport(value)
-    return value
+    text: str = f"0.0.0.0:{value}" if value.isdigit() else value
+    split_hostport(text)
+    return text
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -118,7 +117,8 @@ class Secret(str):
         """The real value. ``file://path`` secrets are read from the file (first line)."""
         s = str.__str__(self)
         if s.startswith("file://"):
-            return Path(s[len("file://"):]).read_text().splitlines()[0] if s else ""
+            lines = Path(s[len("file://"):]).read_text().splitlines()
+            return lines[0] if lines else ""
         return s
 
 
