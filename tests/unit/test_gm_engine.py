@@ -9,7 +9,6 @@ loop around ``GmSession`` that stands in for the gateway until the gateway drive
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -31,6 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tlsgate.config.schema import GmSslOptions
+from tlsgate.tls.context import ContextError
+from tlsgate.tls.engine import IN_VIEW, INBUF
 from tlsgate.tls.gm import (
     GmConfigError,
     GmServerContext,
@@ -39,6 +40,7 @@ from tlsgate.tls.gm import (
     HandshakeError,
     TlsError,
     _lib,
+    build_gm_context,
     library_info,
 )
 from tlsgate.tls.gm_certs import GmCertError, Sm2Dir, init_sm2_dir
@@ -108,30 +110,39 @@ class GmTestServer:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(15)
-        s = self.ctx.new_session()
+        sent: list[bytes] = []
+
+        def send(data: bytes) -> None:
+            sent.append(data)
+            conn.sendall(data)
+
+        s = self.ctx.new_session(send)
         res: dict[str, Any] = {}
         try:
-            while not s.handshake():
-                out = s.take_output()
-                if out:
-                    conn.sendall(out)
+            while True:
+                mark = len(sent)
+                try:
+                    if s.handshake():
+                        break
+                except HandshakeError:
+                    res["alert"] = b"".join(sent[mark:])
+                    raise
                 data = conn.recv(65536)
                 if not data:
                     res["error"] = "EOF during handshake"
                     return
                 s.feed(data)
-            conn.sendall(s.take_output())
+            cert = s.peer_certificate()
             res.update(version=s.version, cipher=s.cipher, server_name=s.server_name,
-                       peer_cert_der=s.peer_cert_der, alpn=s.alpn)
+                       peer_cert_der=s.peer_cert_der, alpn=s.alpn, reused=s.session_reused,
+                       cert_cn=cn_of(cert.public_bytes(serialization.Encoding.DER))
+                       if cert else None, chain_len=len(s.peer_chain()))
             if self.upstream:
                 self._relay(conn, s)
             else:
                 self._echo(conn, s)
         except HandshakeError as exc:
             res["error"] = exc.reason
-            res["alert"] = s.take_output()
-            with contextlib.suppress(OSError):
-                conn.sendall(res["alert"])
         except (TlsError, OSError) as exc:
             res["error"] = f"{type(exc).__name__}: {exc}"
         finally:
@@ -144,15 +155,12 @@ class GmTestServer:
             data = conn.recv(65536)
             if not data:
                 return
-            pt, closed = s.decrypt(data)
-            out = s.take_output()
+            s.feed(data)
+            pt = s.read_plain()
             if pt:
-                out += s.encrypt(pt.upper())
-            if closed:
-                out += s.close_notify()
-            if out:
-                conn.sendall(out)
-            if closed:
+                conn.sendall(s.encrypt(pt.upper()))
+            if s.peer_closed:
+                s.close_notify()
                 return
 
     def _relay(self, conn: socket.socket, s: GmSession) -> None:
@@ -167,20 +175,18 @@ class GmTestServer:
                     data = conn.recv(65536)
                     if not data:
                         return
-                    pt, closed = s.decrypt(data)
+                    s.feed(data)
+                    pt = s.read_plain()
                     if pt:
                         up.sendall(pt)
-                    out = s.take_output()
-                    if out:
-                        conn.sendall(out)
-                    if closed:
+                    if s.peer_closed:
                         return
                 if up in r:
-                    data = up.recv(65536)
-                    if not data:
-                        conn.sendall(s.close_notify())
+                    n = up.recv_into(IN_VIEW)  # the gateway's path: INBUF -> encrypt_in
+                    if not n:
+                        s.close_notify()
                         return
-                    conn.sendall(s.encrypt(data))
+                    conn.sendall(s.encrypt_in(n))
         finally:
             up.close()
 
@@ -272,7 +278,8 @@ def test_mutual_gm_tls_exposes_the_client_sign_certificate(pki: Sm2Dir, serve: A
     assert out["ok"], out
     res = srv.result()
     assert res["peer_cert_der"] is not None, res
-    assert cn_of(res["peer_cert_der"]) == "dev1"
+    assert cn_of(res["peer_cert_der"]) == "dev1" and res["cert_cn"] == "dev1"
+    assert res["chain_len"] == 2  # dev1, then the SM2 CA
     # the SIGN certificate, not the enc one
     sign_der = x509.load_pem_x509_certificate(pki.clients["dev1"].sign_cert.read_bytes()) \
         .public_bytes(serialization.Encoding.DER)
@@ -289,7 +296,7 @@ def test_mutual_refuses_client_without_certificate(pki: Sm2Dir, serve: Any,
                  *(["--cipher", "ECC-SM2-SM4-GCM-SM3"] if protocol == "tlcp" else []))
     assert not out["ok"]
     res = srv.result()
-    assert "did not return a certificate" in res["error"], res
+    assert res["error"] == "client sent no certificate (fail_if_no_peer_cert)", res
     # an alert went to the client (TLS 1.3 encrypts it: record type application_data)
     assert res["alert"][:1] == (b"\x15" if protocol == "tlcp" else b"\x17")
 
@@ -303,7 +310,8 @@ def test_mutual_refuses_certificate_from_another_ca(pki: Sm2Dir, rogue: Sm2Dir, 
                  *(pair if protocol == "tlcp" else pair[:4]))
     assert not out["ok"]
     res = srv.result()
-    assert "verify failed" in res["error"], res
+    assert res["error"].startswith("client certificate verify failed: unable to get local "
+                                   "issuer certificate"), res
 
 
 def test_verify_none_listener_has_no_ecdhe_and_no_peer_certificate(
@@ -318,7 +326,7 @@ def test_verify_none_listener_has_no_ecdhe_and_no_peer_certificate(
     refused = client(srv.port, "tlcp", "--cipher", "ECDHE-SM2-SM4-GCM-SM3", "--cafile",
                      pki.ca_cert, *client_pair_args(pki.clients["dev1"]))
     assert not refused["ok"]
-    assert "no shared cipher" in srv.result()["error"]
+    assert srv.result()["error"] == "no cipher suite in common with the client"
     out = client(srv.port, "tls13", "--cafile", pki.ca_cert, "--send", "a", "--expect", 1,
                  *client_pair_args(pki.clients["dev1"])[:4])
     assert out["ok"], out
@@ -369,7 +377,9 @@ def test_non_gm_client_gets_handshake_failure_not_a_crash(pki: Sm2Dir, serve: An
                           text=True, timeout=30)
     assert f"alert {alert}" in proc.stderr, proc.stderr
     res = srv.result()
-    assert res["error"] in ("unsupported protocol", "no shared cipher"), res
+    assert res["error"] == ("client offered only TLS versions this listener does not allow"
+                            if flag == "-tls1_2" else
+                            "no cipher suite in common with the client"), res
     assert res["alert"][:1] == b"\x15"
     # the server is still fine
     assert client(srv.port, "tls13", "--cafile", pki.ca_cert)["ok"]
@@ -383,7 +393,21 @@ def tlib() -> Any:
     return gmclient.load()
 
 
-def pump(c: gmclient.MemoryClient, s: GmSession, byte_by_byte: bool = False) -> None:
+class Out(list[bytes]):
+    """A session's ``send``: collects what would go to the client."""
+
+    def take(self) -> bytes:
+        data = b"".join(self)
+        self.clear()
+        return data
+
+
+def session(ctx: GmServerContext) -> tuple[GmSession, Out]:
+    out = Out()
+    return ctx.new_session(out.append), out
+
+
+def pump(c: gmclient.MemoryClient, s: GmSession, out: Out, byte_by_byte: bool = False) -> None:
     for _ in range(50):
         cdone = c.handshake()
         data = c.take_output()
@@ -394,10 +418,21 @@ def pump(c: gmclient.MemoryClient, s: GmSession, byte_by_byte: bool = False) -> 
         else:
             s.feed(data)
         sdone = s.handshake()
-        c.feed(s.take_output())
+        c.feed(out.take())
         if cdone and sdone:
+            c.handshake()
             return
     raise AssertionError("handshake did not finish")
+
+
+def via_inbuf(s: GmSession, data: bytes) -> bytes:
+    """The gateway's path: a socket read lands in INBUF, then decrypt(n)."""
+    plain = b""
+    for i in range(0, len(data), len(INBUF)):
+        chunk = data[i:i + len(INBUF)]
+        INBUF[:len(chunk)] = chunk
+        plain += s.decrypt(len(chunk))
+    return plain
 
 
 @pytest.mark.parametrize("protocol", ["tlcp", "tls13"])
@@ -405,60 +440,71 @@ def test_session_handles_records_split_and_joined(pki: Sm2Dir, tlib: Any,
                                                   protocol: str) -> None:
     ctx = GmServerContext.build(opts(pki))
     c = gmclient.MemoryClient(tlib, gmclient.client_ctx(tlib, protocol, cafile=str(pki.ca_cert)))
-    s = ctx.new_session()
+    s, out = session(ctx)
     assert s.version == "" and s.server_name is None and s.peer_cert_der is None
-    pump(c, s, byte_by_byte=True)   # the protocol sniff and the handshake survive 1-byte feeds
-    c.handshake()
+    pump(c, s, out, byte_by_byte=True)  # the protocol sniff and the handshake survive 1-byte feeds
     assert s.version == ("TLCP" if protocol == "tlcp" else "TLSv1.3")
-    big = os.urandom(200_000)           # many records in one decrypt call
-    pt, closed = s.decrypt(c.write(big))
-    assert pt == big and not closed
-    c.feed(s.encrypt(big))
+    assert s.cipher == ("ECC-SM2-SM4-GCM-SM3" if protocol == "tlcp" else "TLS_SM4_GCM_SM3")
+    assert not s.session_reused and s.peer_certificate() is None and s.peer_chain() == []
+    big = os.urandom(200_000)
+    assert via_inbuf(s, c.write(big)) == big     # many records in one decrypt(n) call
+    s.feed(c.write(b"small"))
+    assert s.read_plain() == b"small" and not s.peer_closed
+    INBUF[:len(big) // 2] = big[:len(big) // 2]  # the relay's path back: INBUF -> encrypt_in
+    c.feed(s.encrypt_in(len(big) // 2) + s.encrypt(big[len(big) // 2:]))
     got = b""
     while len(got) < len(big):
         chunk = c.read()
         assert chunk
         got += chunk
     assert got == big
-    pt, closed = s.decrypt(c.close())
-    assert pt == b"" and closed
-    # close_notify is an alert record (TLS 1.3: encrypted, outer type application_data)
-    assert s.close_notify()[:1] == (b"\x15" if protocol == "tlcp" else b"\x17")
+    s.feed(c.close())
+    assert s.read_plain() == b"" and s.peer_closed
+    s.close_notify()
+    s.close_notify()  # idempotent
+    # close_notify is one alert record (TLS 1.3: encrypted, outer type application_data)
+    sent = out.take()
+    assert sent[:1] == (b"\x15" if protocol == "tlcp" else b"\x17")
+    assert len(sent) == 5 + int.from_bytes(sent[3:5], "big")
     c.free()
     s.free()
 
 
-def test_garbage_and_plain_mqtt_are_refused_with_an_alert(pki: Sm2Dir) -> None:
+def test_garbage_and_plain_mqtt_are_refused(pki: Sm2Dir) -> None:
     ctx = GmServerContext.build(opts(pki))
     connect = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04test"
-    for data, alert in ((connect, False), (b"GET / HTTP/1.1\r\n\r\n", False),
-                        (b"\x16\x03\x01\x00\x05hello", True)):
-        s = ctx.new_session()
+    for data, reason, alert in (
+            (connect, "client did not speak TLS (garbage or plain MQTT on the TLS port)", False),
+            (b"GET / HTTP/1.1\r\n\r\n", "client sent plain HTTP, not TLS", False),
+            (b"\x16\x03\x01\x00\x05hello", None, True)):
+        s, out = session(ctx)
         s.feed(data)
         with pytest.raises(HandshakeError) as ei:
             while not s.handshake():
                 s.feed(b"\x00" * 64)
-        assert ei.value.reason
-        out = s.take_output()
-        # a record that is not TLS at all gets no alert (OpenSSL's choice); a broken
-        # ClientHello gets a plaintext alert record
-        assert out[:1] == b"\x15" if alert else out == b"", (data, out)
+        assert ei.value.reason == reason if reason else ei.value.reason
+        # not TLS at all: no alert (OpenSSL's choice); a broken ClientHello: a plaintext alert
+        sent = out.take()
+        assert sent[:1] == b"\x15" if alert else sent == b"", (data, sent)
 
 
-def test_decrypt_before_handshake_and_bad_records_raise(pki: Sm2Dir, tlib: Any) -> None:
+def test_tls_errors_after_the_handshake(pki: Sm2Dir, tlib: Any) -> None:
     ctx = GmServerContext.build(opts(pki))
-    s = ctx.new_session()
+    s, out = session(ctx)
     with pytest.raises(TlsError):
-        s.decrypt(b"")
+        s.read_plain()
+    with pytest.raises(TlsError):
+        s.encrypt(b"x")
     c = gmclient.MemoryClient(tlib, gmclient.client_ctx(tlib, "tls13", cafile=str(pki.ca_cert)))
-    s = ctx.new_session()
-    pump(c, s)
+    s, out = session(ctx)
+    pump(c, s, out)
     rec = bytearray(c.write(b"payload"))
     rec[-1] ^= 0xFF                     # break the AEAD tag
+    s.feed(bytes(rec))
     with pytest.raises(TlsError) as ei:
-        s.decrypt(bytes(rec))
-    assert "decrypt" in ei.value.reason or "mac" in ei.value.reason, ei.value.reason
-    assert s.take_output()[:1] == b"\x17"  # the (encrypted) bad_record_mac alert
+        s.read_plain()
+    assert ei.value.reason == "bad record MAC (corrupted or tampered data)"
+    assert out.take()[:1] == b"\x17"  # the (encrypted) bad_record_mac alert went out
 
 
 # ------------------------------------------------------------------------------------------
@@ -473,6 +519,19 @@ def test_missing_file_names_the_key(pki: Sm2Dir, tmp_path: Path) -> None:
         GmServerContext.build(opts(pki, verify="verify_peer",
                                    cacertfile=str(tmp_path / "ca.pem")))
     assert ei.value.key == "cacertfile"
+
+
+def test_build_gm_context_reports_the_full_key(pki: Sm2Dir, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ContextError) as ei:
+        build_gm_context(opts(pki, enc_certfile=str(tmp_path / "x.pem")), "listeners.gm.china")
+    [problem] = ei.value.problems
+    assert problem.key == "listeners.gm.china.ssl_options.enc_certfile"
+    assert "no such file" in problem.message
+    ctx = build_gm_context(opts(pki), "listeners.gm.china")
+    assert ctx.opts.handshake_timeout == 15.0 and ctx.opts.verify == "verify_none"
+    assert [cn_of(c.public_bytes(serialization.Encoding.DER)) for c in ctx.chain] == ["localhost"]
+    assert set(ctx.all_chains()) == {"", "enc"}
 
 
 def test_key_that_does_not_match_names_the_key(pki: Sm2Dir) -> None:
@@ -524,7 +583,7 @@ def test_encrypted_keys_with_password(pki: Sm2Dir, tmp_path: Path, tlib: Any) ->
     assert "s3cret" not in str(ei.value) and "Zq9xPw" not in str(ei.value)
     ctx = GmServerContext.build(opts(pki, password="s3cret", **enc))
     c = gmclient.MemoryClient(tlib, gmclient.client_ctx(tlib, "tlcp", cafile=str(pki.ca_cert)))
-    pump(c, ctx.new_session())
+    pump(c, *session(ctx))
 
 
 def test_world_readable_key_is_a_warning(pki: Sm2Dir, tmp_path: Path) -> None:
@@ -606,16 +665,18 @@ cssl = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 cssl.load_verify_locations(cadata=cert.public_bytes(Encoding.PEM).decode())
 
 def gm_round(proto):
-    s, c = gm.new_session(), gmclient.MemoryClient(lib, cctx[proto])
+    out = []
+    s, c = gm.new_session(out.append), gmclient.MemoryClient(lib, cctx[proto])
     for _ in range(20):
-        cd = c.handshake(); s.feed(c.take_output()); sd = s.handshake(); c.feed(s.take_output())
+        cd = c.handshake(); s.feed(c.take_output()); sd = s.handshake()
+        c.feed(b"".join(out)); out.clear()
         if cd and sd:
             break
     c.handshake()
     assert s.version == ("TLCP" if proto == "tlcp" else "TLSv1.3"), s.version
     msg = b"ping-" + proto.encode()
-    s.feed(c.write(msg)); pt, _ = s.decrypt(b"")
-    assert pt == msg, pt
+    s.feed(c.write(msg))
+    assert s.read_plain() == msg
     c.feed(s.encrypt(b"pong")); assert c.read() == b"pong"
     c.free(); s.free()
 

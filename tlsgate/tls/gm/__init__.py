@@ -15,6 +15,7 @@ from .engine import (
     GmSession,
     HandshakeError,
     TlsError,
+    build_gm_context,
 )
 
 
@@ -28,5 +29,5 @@ def library_info() -> LibraryInfo:
 __all__ = [
     "TLCP_CIPHERS", "TLS13_CIPHERS", "GmConfigError", "GmError", "GmServerContext",
     "GmSession", "GmUnavailableError", "HandshakeError", "LibraryInfo", "TlsError",
-    "library_info",
+    "build_gm_context", "library_info",
 ]

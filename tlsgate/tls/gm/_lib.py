@@ -167,7 +167,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "SSL_do_handshake": (c_int, [_P]),
     "SSL_get_error": (c_int, [_P, c_int]),
     "SSL_read_ex": (c_int, [_P, _P, c_size_t, POINTER(c_size_t)]),
-    "SSL_write_ex": (c_int, [_P, c_char_p, c_size_t, POINTER(c_size_t)]),
+    "SSL_write_ex": (c_int, [_P, _P, c_size_t, POINTER(c_size_t)]),  # bytes or an address
     "SSL_shutdown": (c_int, [_P]),
     "SSL_get_shutdown": (c_int, [_P]),
     "SSL_get_version": (c_char_p, [_P]),
@@ -187,7 +187,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "BIO_s_mem": (_P, []),
     "BIO_new": (_P, [_P]),
     "BIO_free": (c_int, [_P]),
-    "BIO_write": (c_int, [_P, c_char_p, c_int]),
+    "BIO_write": (c_int, [_P, _P, c_int]),  # bytes or an address
     "BIO_read": (c_int, [_P, _P, c_int]),
     "BIO_ctrl": (c_long, [_P, c_int, c_long, _P]),
     "BIO_new_mem_buf": (_P, [c_char_p, c_int]),
@@ -245,6 +245,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "SSL_CTX_use_enc_PrivateKey": (c_int, [_P, _P]),
     "SSL_version": (c_int, [_P]),
     "SSL_get_peer_cert_chain": (_P, [_P]),
+    "SSL_get0_verified_chain": (_P, [_P]),
+    "SSL_session_reused": (c_int, [_P]),
     "OPENSSL_sk_num": (c_int, [_P]),
     "OPENSSL_sk_value": (_P, [_P, c_int]),
 }
@@ -299,6 +301,16 @@ class Tongsuo:
                 return out
             self.ERR_error_string_n(code, buf, len(buf))
             out.append(buf.value.decode("ascii", "replace"))
+
+    def error_reasons(self) -> list[str]:
+        """Drain the error queue into OpenSSL reason strings ("no shared cipher"...)."""
+        out: list[str] = []
+        while True:
+            code = int(self.ERR_get_error())
+            if code == 0:
+                return out
+            r = self.ERR_reason_error_string(code)
+            out.append(r.decode("ascii", "replace") if r else hex(code))
 
     def last_reason(self, default: str) -> str:
         """The most telling reason from the error queue ("unsupported protocol"...), drained."""

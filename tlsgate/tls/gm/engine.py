@@ -1,47 +1,67 @@
 """The 国密 TLS engine: TLCP (GB/T 38636-2020, "NTLS" in Tongsuo) and TLS 1.3 with the RFC 8998
-suites, over memory BIOs, with the same shape as the pyOpenSSL engine so the gateway can drive
-either: ``GmServerContext.build(opts)`` once per listener configuration, ``new_session()`` per
-connection, then ``feed`` / ``handshake`` / ``take_output`` / ``decrypt`` / ``encrypt``.
+suites, over memory BIOs, with the interface of :mod:`tlsgate.tls.engine` so the gateway drives
+either the same way: :func:`build_gm_context` (twin of ``build_server_context``) once per
+listener configuration, ``ctx.new_session(transport.write)`` per connection (twin of
+``ServerSession(ctx.ctx, transport.write)``), then ``feed_in``/``handshake``/``decrypt``/
+``encrypt_in``/``close_notify``, the same errors (``tlsgate.tls.engine.HandshakeError`` and
+``TlsError``) and the same facts (``version``, ``cipher``, ``server_name``, ``alpn``,
+``session_reused``, ``peer_certificate()``, ``peer_chain()``).
 
-No sockets, no asyncio, no threads here. One context may be used from several threads (the
-library is thread-safe); one session belongs to one thread at a time.
+No sockets, no asyncio. One context may be used from several threads (the library is
+thread-safe); one session belongs to one thread at a time. The Tongsuo library and its
+coexistence with pyOpenSSL in one process are described in ``_lib.py``.
 
 How one port serves both protocols: Tongsuo 8.3's own switch (``SSL_CTX_enable_ntls`` on a
 ``TLS_method`` context) peeks at the socket and refuses memory BIOs. A TLCP ClientHello is the
 only one whose record header says version 1.1 (``16 01 01``), so the session waits for the first
 three bytes, then creates its ``SSL`` from the NTLS context or the TLS 1.3 context. Anything else
 (a TLS 1.2 client, plain MQTT, HTTP) goes to the TLS 1.3 context (or, on a TLCP-only listener, to
-the NTLS one) and is refused there with a proper alert.
+the NTLS one) and is refused there (with an alert when it looked like TLS).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ctypes import byref, c_size_t, c_uint, c_void_p
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+
+from ...config.load import Problem
+from ..context import ContextError
+from ..engine import _HUMAN, BUF_SIZE, INBUF, HandshakeError, TlsError
 from . import _lib
-from ._lib import Tongsuo, load
+from ._lib import GmUnavailableError, Tongsuo, load
 
 if TYPE_CHECKING:
     from tlsgate.config.schema import GmSslOptions
+
+__all__ = ["TLCP_CIPHERS", "TLS13_CIPHERS", "GmConfigError", "GmError", "GmServerContext",
+           "GmSession", "HandshakeError", "TlsError", "build_gm_context"]
 
 TLCP_CIPHERS = ("ECDHE-SM2-SM4-GCM-SM3", "ECC-SM2-SM4-GCM-SM3",
                 "ECDHE-SM2-SM4-CBC-SM3", "ECC-SM2-SM4-CBC-SM3")
 TLS13_CIPHERS = ("TLS_SM4_GCM_SM3", "TLS_SM4_CCM_SM3")
 
-# What ``version`` reports (log lines, metrics labels). Tongsuo calls TLCP "NTLSv1.1".
+# What ``version`` reports (access log, metrics labels). Tongsuo calls TLCP "NTLSv1.1".
 VERSION_NAMES = {"NTLSv1.1": "TLCP", "TLSv1.3": "TLSv1.3"}
 
-_READ_CHUNK = 64 * 1024
+# The gateway's shared receive buffer (tlsgate.tls.engine.INBUF), seen from ctypes: feed_in(n)
+# and encrypt_in(n) pass its address, no copy. (It is never resized.)
+_IN_ARRAY = (ctypes.c_char * len(INBUF)).from_buffer(INBUF)
+_IN_ADDR = ctypes.addressof(_IN_ARRAY)
+# Plaintext from one read fits: <= BUF_SIZE fed + one partial record left from before.
+_OUTCAP = BUF_SIZE + 64 * 1024
+_SSL_SENT_SHUTDOWN = 1
 
 
 class GmError(Exception):
-    """Base of the GM engine's errors."""
+    """Base of the GM engine's own errors (TLS errors are tlsgate.tls.engine's)."""
 
 
 class GmConfigError(GmError, ValueError):
@@ -53,25 +73,20 @@ class GmConfigError(GmError, ValueError):
         super().__init__(f"ssl_options.{key}: {message}")
 
 
-class TlsError(GmError):
-    """A fatal TLS error after the handshake (bad record MAC, unexpected message...)."""
+class _Buffers(threading.local):
+    """Per-thread output buffer: the gateway has one thread per worker; tests use several."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class HandshakeError(TlsError):
-    """The handshake failed; the alert for the peer is already queued in ``take_output()``."""
-
-
-class _Buf(threading.local):
     def __init__(self) -> None:
-        self.buf = ctypes.create_string_buffer(_READ_CHUNK)
+        self.out = ctypes.create_string_buffer(_OUTCAP)
+        self.addr = ctypes.addressof(self.out)
         self.n = c_size_t(0)
 
 
-_tls = _Buf()
+_tls = _Buffers()
+
+
+def _human(reason: str) -> str:
+    return _HUMAN.get(reason, reason)
 
 
 # ------------------------------------------------------------------------------------------
@@ -129,6 +144,27 @@ def _pem_key(lib: Tongsuo, key: str, path: str, password: bytes | None) -> int:
     return int(pkey)
 
 
+def _x509_der(lib: Tongsuo, x: int) -> bytes:
+    out = c_void_p()
+    n = int(lib.i2d_X509(x, byref(out)))
+    if n <= 0 or not out.value:
+        lib.ERR_clear_error()
+        return b""
+    try:
+        return ctypes.string_at(out.value, n)
+    finally:
+        lib.CRYPTO_free(out.value, b"gm", 0)
+
+
+def _parse_ders(ders: list[bytes]) -> list[x509.Certificate]:
+    """cryptography parses SM2 certificates (names, dates, extensions), not their keys."""
+    out = []
+    for d in ders:
+        with contextlib.suppress(ValueError):
+            out.append(x509.load_der_x509_certificate(d))
+    return out
+
+
 def _is_sm2(lib: Tongsuo, pkey: int) -> bool:
     ec = lib.EVP_PKEY_get0_EC_KEY(pkey)
     if not ec:
@@ -168,6 +204,7 @@ class _Pair:
                 lib.ERR_clear_error()
                 raise GmConfigError(key_key, f"{key_path} does not belong to the certificate "
                                              f"in {cert_key} ({cert_path})")
+            self.ders = [_x509_der(lib, x) for x in self.certs]
         except BaseException:
             self.free()
             raise
@@ -229,14 +266,22 @@ class GmServerContext:
     """
 
     def __init__(self, lib: Tongsuo, ntls_ctx: int | None, tls13_ctx: int | None,
-                 protocols: tuple[str, ...], warnings: tuple[str, ...],
-                 verify_peer: bool) -> None:
+                 opts: GmSslOptions, warnings: tuple[str, ...], chain: list[x509.Certificate],
+                 enc_chain: list[x509.Certificate]) -> None:
         self._lib = lib
-        self.verify_peer = verify_peer
         self._ntls = ntls_ctx
         self._tls13 = tls13_ctx
-        self.protocols = protocols
+        #: The listener's settings (the gateway reads ``verify`` and ``handshake_timeout``).
+        self.opts = opts
+        self.verify_peer = opts.verify == "verify_peer"
+        self.protocols = tuple(dict.fromkeys(opts.protocols))
+        #: Problems that do not stop the listener (world-readable keys), for the log.
         self.warnings = warnings
+        #: The signing certificate and its chain / the encryption certificate (cryptography
+        #: objects: names, dates and extensions readable; SM2 keys are not).
+        self.chain = chain
+        self.enc_chain = enc_chain
+        self.certfile = opts.sign_certfile
 
     @classmethod
     def build(cls, opts: GmSslOptions) -> GmServerContext:
@@ -256,12 +301,15 @@ class GmServerContext:
             _read_file("cacertfile", opts.cacertfile)  # clear error before the library's
         sign = _Pair(lib, "sign_certfile", opts.sign_certfile, "sign_keyfile",
                      opts.sign_keyfile, password)
+        chain = _parse_ders(sign.ders)
+        enc_chain: list[x509.Certificate] = []
         enc: _Pair | None = None
         ntls = tls13 = None
         try:
             if "tlcp" in protocols:
                 enc = _Pair(lib, "enc_certfile", opts.enc_certfile, "enc_keyfile",
                             opts.enc_keyfile, password)
+                enc_chain = _parse_ders(enc.ders[:1])
                 ntls = _new_ctx(lib, lib.NTLS_server_method(), opts, tlcp_ciphers, None)
                 # Needed even on an NTLS_method context: without it Tongsuo runs the TLS state
                 # machine ("state_machine:internal error"). With the method fixed to NTLS 1.1
@@ -296,10 +344,18 @@ class GmServerContext:
             sign.free()
             if enc is not None:
                 enc.free()
-        return cls(lib, ntls, tls13, protocols, warnings, verify)
+        return cls(lib, ntls, tls13, opts, warnings, chain, enc_chain)
 
-    def new_session(self) -> GmSession:
-        return GmSession(self)
+    def new_session(self, send: Callable[[bytes], Any]) -> GmSession:
+        """A session for one client; ``send`` gets the ciphertext for it (transport.write)."""
+        return GmSession(self, send)
+
+    def all_chains(self) -> dict[str, list[x509.Certificate]]:
+        """Like ServerContext.all_chains: the certificates this listener serves."""
+        out = {"": self.chain}
+        if self.enc_chain:
+            out["enc"] = self.enc_chain
+        return out
 
     def close(self) -> None:
         """Release the contexts now (sessions still open keep their own reference)."""
@@ -311,6 +367,21 @@ class GmServerContext:
 
     def __del__(self) -> None:
         self.close()
+
+
+def build_gm_context(opts: GmSslOptions, key: str) -> GmServerContext:
+    """Build a GM listener's context; ``key`` is its config path (``listeners.gm.<name>``).
+
+    The GM twin of :func:`tlsgate.tls.context.build_server_context`: raises
+    :class:`~tlsgate.tls.context.ContextError` with the full key of the bad setting, or with
+    ``key`` itself when the Tongsuo library is unavailable.
+    """
+    try:
+        return GmServerContext.build(opts)
+    except GmConfigError as exc:
+        raise ContextError([Problem(f"{key}.ssl_options.{exc.key}", exc.message)]) from None
+    except GmUnavailableError as exc:
+        raise ContextError([Problem(key, str(exc))]) from None
 
 
 def _use(lib: Tongsuo, key: str, rc: int) -> None:
@@ -369,16 +440,19 @@ def _new_ctx(lib: Tongsuo, method: int, opts: GmSslOptions, cipher_list: str | N
 # Session
 # ------------------------------------------------------------------------------------------
 class GmSession:
-    """One client connection: memory BIOs in and out, no sockets.
+    """One client connection over memory BIOs, with the interface of
+    :class:`tlsgate.tls.engine.ServerSession` so the gateway drives either the same way.
 
-    ``feed`` ciphertext from the client, call ``handshake`` until True, send ``take_output``
-    after every call. Then ``decrypt``/``encrypt``; after ``decrypt`` also send
-    ``take_output()`` (a TLS 1.3 KeyUpdate answer may be waiting).
+    Ciphertext for the client goes out through ``send`` (handshake messages, alerts, TLS 1.3
+    KeyUpdate answers, close_notify); ``encrypt``/``encrypt_in`` return theirs. Errors are the
+    engine's :class:`~tlsgate.tls.engine.HandshakeError` / :class:`~tlsgate.tls.engine.TlsError`,
+    raised after the alert has been sent.
     """
 
-    __slots__ = ("_ctx", "_done", "_lib", "_pending", "_rbio", "_ssl", "_wbio")
+    __slots__ = ("_ctx", "_done", "_lib", "_pending", "_rbio", "_ssl", "_wbio", "peer_closed",
+                 "send")
 
-    def __init__(self, ctx: GmServerContext) -> None:
+    def __init__(self, ctx: GmServerContext, send: Callable[[bytes], Any]) -> None:
         self._ctx = ctx
         self._lib = ctx._lib
         self._ssl: int = 0
@@ -386,6 +460,10 @@ class GmSession:
         self._wbio: int = 0
         self._pending = bytearray()
         self._done = False
+        #: Sends ciphertext to the client (the client transport's ``write``).
+        self.send = send
+        #: The client sent close_notify.
+        self.peer_closed = False
 
     # -------------------------------------------------------------- set-up
     def _start(self) -> bool:
@@ -416,21 +494,35 @@ class GmSession:
         lib.BIO_write(rbio, data, len(data))
         return True
 
+    # -------------------------------------------------------------- input
+    def feed_in(self, n: int) -> None:
+        """Feed the first ``n`` bytes of :data:`tlsgate.tls.engine.INBUF` (from the client)."""
+        if not n:
+            return
+        if self._ssl:
+            self._lib.BIO_write(self._rbio, _IN_ADDR, n)
+        else:
+            self._pre_feed(INBUF[:n])
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Ciphertext received from the client."""
+        """Feed ciphertext from the client."""
         if not data:
             return
-        if not self._ssl:
-            self._pending += data
-            if len(self._pending) > 1 << 20:
-                raise HandshakeError("more than 1 MiB before a ClientHello header")
-            return
-        b = data if isinstance(data, bytes) else bytes(data)
-        self._lib.BIO_write(self._rbio, b, len(b))
+        if self._ssl:
+            b = data if isinstance(data, bytes) else bytes(data)
+            self._lib.BIO_write(self._rbio, b, len(b))
+        else:
+            self._pre_feed(data)
 
+    def _pre_feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._pending += data
+        if len(self._pending) > 1 << 20:
+            raise HandshakeError("more than 1 MiB before a ClientHello header")
+
+    # -------------------------------------------------------------- handshake
     def handshake(self) -> bool:
-        """Advance the handshake; True when done. On failure raise :class:`HandshakeError`
-        (the alert is queued: send ``take_output()`` before closing)."""
+        """Advance the handshake; True when done. Output (incl. alerts) is sent through
+        ``send``. Raises :class:`HandshakeError` with the reason on failure."""
         if self._done:
             return True
         if not self._ssl and not self._start():
@@ -440,79 +532,115 @@ class GmSession:
         rc = int(lib.SSL_do_handshake(self._ssl))
         if rc == 1:
             self._done = True
+            self.flush()
             return True
         err = int(lib.SSL_get_error(self._ssl, rc))
         if err in (_lib.SSL_ERROR_WANT_READ, _lib.SSL_ERROR_WANT_WRITE):
+            self.flush()
             return False
-        raise HandshakeError(self._failure_reason())
+        reason = self._describe(err)
+        self.flush()  # the alert Tongsuo queued
+        raise HandshakeError(reason)
 
-    def _failure_reason(self) -> str:
+    def _describe(self, err: int) -> str:
         lib = self._lib
-        vr = int(lib.SSL_get_verify_result(self._ssl))
-        reason = lib.last_reason("handshake failed")
-        if vr != _lib.X509_V_OK and ("certificate verify failed" in reason
-                                     or "certificate" in reason):
+        reasons = lib.error_reasons()
+        vr = int(lib.SSL_get_verify_result(self._ssl)) if self._ssl else _lib.X509_V_OK
+        if vr != _lib.X509_V_OK and any("certificate verify failed" in r for r in reasons):
             why = (lib.X509_verify_cert_error_string(vr) or b"?").decode()
             return f"client certificate verify failed: {why}"
-        return reason
+        if reasons:
+            return _human(reasons[0])
+        if err == _lib.SSL_ERROR_SYSCALL:
+            return "client closed the connection mid-handshake"
+        return f"TLS error {err}"
 
-    # -------------------------------------------------------------- records
-    def take_output(self) -> bytes:
-        """Ciphertext to send to the client (handshake messages, records, alerts)."""
+    def flush(self) -> None:
+        """Send whatever the record layer has queued."""
         if not self._wbio:
-            return b""
-        lib = self._lib
-        n = int(lib.BIO_ctrl(self._wbio, _lib.BIO_CTRL_PENDING, 0, None))
-        if n <= 0:
-            return b""
-        buf = _tls.buf if n <= _READ_CHUNK else ctypes.create_string_buffer(n)
-        got = int(lib.BIO_read(self._wbio, buf, n))
-        return ctypes.string_at(buf, got) if got > 0 else b""
+            return
+        lib, t = self._lib, _tls
+        n = int(lib.BIO_read(self._wbio, t.addr, _OUTCAP))
+        while n > 0:
+            self.send(ctypes.string_at(t.addr, n))
+            n = int(lib.BIO_read(self._wbio, t.addr, _OUTCAP))
 
-    def decrypt(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
-        """Feed ciphertext and return all plaintext now available, and whether the client
-        sent close_notify. Raise :class:`TlsError` on a fatal error (alert queued)."""
-        if data:
-            self.feed(data)
+    # -------------------------------------------------------------- after the handshake
+    def read_plain(self) -> bytes:
+        """Decrypt whatever is buffered (after ``feed``)."""
+        return self.decrypt(0)
+
+    def decrypt(self, n: int) -> bytes:
+        """Feed ``INBUF[:n]`` and return all plaintext it completes (b"" if none).
+
+        Sets :attr:`peer_closed` on close_notify; raises :class:`TlsError` on a fatal error
+        (after sending the alert). Anything the record layer wants to send back is sent.
+        """
         if not self._done:
-            raise TlsError("decrypt before the handshake finished")
+            raise TlsError("TLS data before the handshake finished")
         lib, ssl, t = self._lib, self._ssl, _tls
+        if n:
+            lib.BIO_write(self._rbio, _IN_ADDR, n)
+        total = 0
         chunks: list[bytes] = []
-        closed = False
         lib.ERR_clear_error()
         while True:
-            if int(lib.SSL_read_ex(ssl, t.buf, _READ_CHUNK, byref(t.n))) == 1:
-                chunks.append(ctypes.string_at(t.buf, t.n.value))
+            if int(lib.SSL_read_ex(ssl, t.addr + total, _OUTCAP - total, byref(t.n))) == 1:
+                total += t.n.value
+                if total == _OUTCAP:  # only after feed() of more than a socket read
+                    chunks.append(ctypes.string_at(t.addr, total))
+                    total = 0
                 continue
             err = int(lib.SSL_get_error(ssl, 0))
-            if err == _lib.SSL_ERROR_WANT_READ or err == _lib.SSL_ERROR_WANT_WRITE:
-                break
+            break
+        if total:
+            chunks.append(ctypes.string_at(t.addr, total))
+        if err != _lib.SSL_ERROR_WANT_READ:
             if err == _lib.SSL_ERROR_ZERO_RETURN:
-                closed = True
-                break
-            raise TlsError(lib.last_reason("TLS record error"))
-        if len(chunks) == 1:
-            return chunks[0], closed
-        return b"".join(chunks), closed
+                self.peer_closed = True
+            else:
+                reason = self._describe(err)
+                self.flush()
+                raise TlsError(reason)
+        self.flush()
+        if not chunks:
+            return b""
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def encrypt_in(self, n: int) -> bytes:
+        """Encrypt ``INBUF[:n]`` (plaintext from the broker); returns the ciphertext."""
+        return self._encrypt(_IN_ADDR, n)
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Plaintext -> ciphertext records (plus anything else pending for the client)."""
-        if data:
-            if not self._done:
-                raise TlsError("encrypt before the handshake finished")
-            b = data if isinstance(data, bytes) else bytes(data)
-            lib = self._lib
-            lib.ERR_clear_error()
-            if int(lib.SSL_write_ex(self._ssl, b, len(b), byref(_tls.n))) != 1:
-                raise TlsError(lib.last_reason("TLS write failed"))
-        return self.take_output()
+        """Encrypt arbitrary plaintext (CONNACK refusals, buffered data)."""
+        if not data:
+            return b""
+        b = data if isinstance(data, bytes) else bytes(data)
+        return self._encrypt(b, len(b))
 
-    def close_notify(self) -> bytes:
-        """Queue our close_notify and return the bytes to send."""
-        if self._ssl and self._done:
-            self._lib.SSL_shutdown(self._ssl)
-            self._lib.ERR_clear_error()
-        return self.take_output()
+    def _encrypt(self, src: int | bytes, n: int) -> bytes:
+        if not self._done:
+            raise TlsError("TLS data before the handshake finished")
+        lib, t = self._lib, _tls
+        lib.ERR_clear_error()
+        if int(lib.SSL_write_ex(self._ssl, src, n, byref(t.n))) != 1:
+            raise TlsError("TLS write failed: " + ", ".join(lib.error_reasons() or ["closed"]))
+        chunks = []
+        o = int(lib.BIO_read(self._wbio, t.addr, _OUTCAP))
+        while o > 0:
+            chunks.append(ctypes.string_at(t.addr, o))
+            o = int(lib.BIO_read(self._wbio, t.addr, _OUTCAP))
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def close_notify(self) -> None:
+        """Queue and send our close_notify (idempotent; errors ignored: we're closing)."""
+        if not self._ssl or not self._done:
+            return
+        lib = self._lib
+        if not int(lib.SSL_get_shutdown(self._ssl)) & _SSL_SENT_SHUTDOWN:
+            lib.SSL_shutdown(self._ssl)
+            lib.ERR_clear_error()
+            self.flush()
 
     def free(self) -> None:
         """Release the connection's memory now (also done when the session is collected)."""
@@ -523,7 +651,7 @@ class GmSession:
     def __del__(self) -> None:
         self.free()
 
-    # -------------------------------------------------------------- facts
+    # -------------------------------------------------------------- what was established
     @property
     def handshake_done(self) -> bool:
         return self._done
@@ -537,22 +665,23 @@ class GmSession:
         return VERSION_NAMES.get(v, v)
 
     @property
-    def cipher(self) -> str:
+    def cipher(self) -> str | None:
         if not self._ssl:
-            return ""
+            return None
         c = self._lib.SSL_get_current_cipher(self._ssl)
-        return (self._lib.SSL_CIPHER_get_name(c) or b"").decode() if c else ""
+        name = self._lib.SSL_CIPHER_get_name(c) if c else None
+        return name.decode() if name else None
 
     @property
     def server_name(self) -> str | None:
         if not self._ssl:
             return None
         n = self._lib.SSL_get_servername(self._ssl, _lib.TLSEXT_NAMETYPE_host_name)
-        return n.decode("utf-8", "replace") if n else None
+        return n.decode("ascii", "replace") if n else None
 
     @property
     def alpn(self) -> bytes | None:
-        """Always None: GM listeners have no ALPN setting and select none."""
+        """Always None in practice: GM listeners have no ALPN setting and select none."""
         if not self._ssl:
             return None
         data = c_void_p()
@@ -561,28 +690,43 @@ class GmSession:
         return ctypes.string_at(data.value, n.value) if data.value and n.value else None
 
     @property
+    def session_reused(self) -> bool:
+        return bool(self._ssl) and bool(self._lib.SSL_session_reused(self._ssl))
+
+    @property
     def peer_cert_der(self) -> bytes | None:
         """The client's verified certificate (for TLCP: its signing certificate), DER.
 
-        None without one, and always None on a ``verify_none`` listener: TLCP's ECDHE suites
-        make clients send certificates even then, unverified, and an unverified certificate
-        must never become an identity (peer_cert_as_username...). (Tongsuo 8.3 does verify
-        ECDHE client chains even then, which is why ECDHE needs verify_peer here.)
+        None without one, and always None on a ``verify_none`` listener: an unverified
+        certificate must never become an identity (peer_cert_as_username...).
         """
-        if not self._ssl or not self._ctx.verify_peer:
+        if not self._ssl or not self._ctx.verify_peer or not self._done:
             return None
         lib = self._lib
         x = lib.SSL_get_peer_certificate(self._ssl)
         if not x:
             return None
         try:
-            out = c_void_p()
-            n = int(lib.i2d_X509(x, byref(out)))
-            if n <= 0 or not out.value:
-                return None
-            try:
-                return ctypes.string_at(out.value, n)
-            finally:
-                lib.CRYPTO_free(out.value, b"gm", 0)
+            return _x509_der(lib, x) or None
         finally:
             lib.X509_free(x)
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        """:attr:`peer_cert_der` as a cryptography certificate (names/extensions readable)."""
+        der = self.peer_cert_der
+        if der is None:
+            return None
+        certs = _parse_ders([der])
+        return certs[0] if certs else None
+
+    def peer_chain(self) -> list[x509.Certificate]:
+        """The verified chain (leaf first) when the client sent a certificate."""
+        if not self._ssl or not self._ctx.verify_peer or not self._done:
+            return []
+        lib = self._lib
+        sk = lib.SSL_get0_verified_chain(self._ssl)
+        if not sk:
+            return []
+        ders = [_x509_der(lib, lib.OPENSSL_sk_value(sk, i))
+                for i in range(int(lib.OPENSSL_sk_num(sk)))]
+        return _parse_ders([d for d in ders if d])
