@@ -67,8 +67,11 @@ class Mosquitto:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Mosquitto:
+        # As root, mosquitto would switch to the "mosquitto" user, which cannot read the test's
+        # private temp directories: stay root (tests only).
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"per_listener_settings false\n"
+            f"{user}per_listener_settings false\n"
             f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous true\n"
             f"log_dest file {self.log}\n"
@@ -76,8 +79,9 @@ class Mosquitto:
             f"connection_messages true\n"
             f"log_timestamp false\n"
             f"{self.extra_conf}\n")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
+                                         stdout=out, stderr=subprocess.STDOUT)
         wait_port(self.port, proc=self.proc)
         return self
 
@@ -141,27 +145,38 @@ class Gate:
     def count_log(self, pattern: str) -> int:
         return len(re.findall(pattern, self.log_text()))
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
     def reload(self, timeout: float = 10.0) -> str:
         """SIGHUP and wait for the outcome line; returns it."""
         before = self.count_log(r"reload (done|failed)")
-        self.signal(signal.SIGHUP)
+        self.send_signal(signal.SIGHUP)
         wait_for(lambda: self.count_log(r"reload (done|failed)") > before, timeout, "reload")
         lines = re.findall(r".*reload (?:done|failed).*", self.log_text())
         return lines[-1]
 
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+    def worker_pids(self) -> list[int]:
+        """The worker processes (children of the node process) that hold the listeners."""
+        try:
+            kids = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(k) for k in kids
+                if "tlsgate.server.worker" in Path(f"/proc/{k}/cmdline").read_text()]
 
-    def tcp_connections(self) -> int:
-        """Established/closing TCP sockets held by the process (not listeners)."""
+    @staticmethod
+    def fds_of(pid: int) -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    @staticmethod
+    def tcp_connections_of(pid: int) -> int:
+        """TCP sockets of a process that are not listening sockets."""
         inodes = set()
-        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
-                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
             if target.startswith("socket:["):

@@ -11,20 +11,27 @@ shutdown) goes through it, and it writes the access log line exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..mqtt import (
     KEEP,
     Connect,
     ProtocolError,
+    ProxyProtocolError,
     Refusal,
-    encode_connack,
+    TlsInfo,
+    connack_for,
+    encode_v1,
+    encode_v2,
     parse_connect,
+    parse_proxy_header,
     rewrite_connect,
 )
-from ..mqtt.proxy_protocol import ProxyProtocolError, TlsInfo, encode_v1, encode_v2, parse_proxy_header
 from ..tls.engine import IN_VIEW, INBUF, HandshakeError, ServerSession, TlsError
 from ..tls.identity import common_name, identity_from_cert, subject_string
 from .listener import ListenerRuntime
@@ -135,7 +142,7 @@ class ClientGate(asyncio.BufferedProtocol):
                 sess.feed_in(nbytes)
                 if sess.handshake():
                     self._handshake_done()
-            elif phase == _CONNECT or phase == _ADMIT or phase == _POST_HS:
+            elif phase in (_CONNECT, _ADMIT, _POST_HS):
                 assert self.sess is not None
                 data = self.sess.decrypt(nbytes)
                 if data:
@@ -349,7 +356,7 @@ class ClientGate(asyncio.BufferedProtocol):
             transport, upstream = await asyncio.wait_for(
                 loop.create_connection(lambda: UpstreamSide(self, sess, client_t), host, port),
                 up.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             what = "timed out" if isinstance(exc, asyncio.TimeoutError) else \
                 (exc.strerror or str(exc))
             self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
@@ -384,15 +391,16 @@ class ClientGate(asyncio.BufferedProtocol):
         rec = self.rec
         assert rec is not None and self.transport is not None
         src = self.proxied_src or rec.peer
-        dst = self.proxied_dst or tuple(self.transport.get_extra_info("sockname")[:2])
+        sockname = self.transport.get_extra_info("sockname")
+        dst = self.proxied_dst or (str(sockname[0]), int(sockname[1]))
         if mode == "v1":
-            return encode_v1(src, dst)  # type: ignore[arg-type]
+            return encode_v1(src, dst)
         tls = TlsInfo(version=rec.tls_version or "", cipher=rec.cipher or "",
                       sni=rec.server_name,
                       alpn=rec.alpn.encode() if rec.alpn else None,
                       cn=rec.cert_cn, client_cert_present=self.peer_cert is not None,
                       client_cert_verified=self.peer_cert is not None)
-        return encode_v2(src, dst, tls)  # type: ignore[arg-type]
+        return encode_v2(src, dst, tls)
 
     # ---------------------------------------------------------------------- refusals, timeouts
     def refuse(self, refusal: Refusal, level: int | None, reason: str, metric: str) -> None:
@@ -403,11 +411,10 @@ class ClientGate(asyncio.BufferedProtocol):
         assert rec is not None
         self.lst.stats.refusals[metric] += 1
         rec.refusal = metric
-        if level is not None and self.sess is not None and self.transport is not None:
-            try:
-                self.transport.write(self.sess.encrypt(encode_connack(level, refusal)))
-            except TlsError:
-                pass
+        packet = connack_for(level, refusal, reason_string=reason if level == 5 else None)
+        if packet is not None and self.sess is not None and self.transport is not None:
+            with contextlib.suppress(TlsError):
+                self.transport.write(self.sess.encrypt(packet))
         self.close(f"refused: {reason}")
 
     def _timeout(self, metric: str, reason: str) -> None:
@@ -474,10 +481,8 @@ class ClientGate(asyncio.BufferedProtocol):
             self.task = None
         if self.sess is not None and self.transport is not None and \
                 not self.transport.is_closing():
-            try:
+            with contextlib.suppress(Exception):  # closing anyway
                 self.sess.close_notify()
-            except Exception:  # closing anyway
-                pass
         if self.transport is not None:
             self.transport.close()
         if self.upstream_transport is not None:
@@ -512,7 +517,6 @@ class ClientGate(asyncio.BufferedProtocol):
 
 
 def _der(cert: Any) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
     return bytes(cert.public_bytes(Encoding.DER))
 
 

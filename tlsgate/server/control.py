@@ -15,6 +15,7 @@ handler exception becomes an error reply (the channel survives). Version skew ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -119,10 +120,8 @@ class ControlPeer:
                 self._send({"id": rid, "ok": True, "result": result})
         except Exception as exc:
             if rid is not None:
-                try:
+                with contextlib.suppress(ControlError):
                     self._send({"id": rid, "ok": False, "error": str(exc) or type(exc).__name__})
-                except ControlError:
-                    pass
             else:
                 log.exception("control notice %s failed", op)
 

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 
 from ..config.types import split_hostport
 
@@ -38,19 +38,25 @@ class DemoBroker:
             raise RuntimeError("the demo broker needs amqtt: pip install 'tlsgate[demo]' "
                                "(or point [upstreams.default] at your broker and turn "
                                "[demo_broker] off)") from None
+        # The child writes one line to stdout once it listens (no probe connection, which
+        # amqtt would log as an error).
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tlsgate.server.demo_broker", self.listen],
-            stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the demo broker exited with code {self.proc.returncode}")
-            if _port_open(host, port):
-                log.warning("DEMO: embedded amqtt broker (demo default, not for production) "
-                            "listening on %s, pid %d", self.listen, self.proc.pid)
-                return
-            time.sleep(0.1)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True)
+        out = self.proc.stdout
+        assert out is not None
+        ready: list[bytes] = []
+        reader = threading.Thread(target=lambda: ready.append(out.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if ready and ready[0].startswith(b"READY"):
+            log.warning("DEMO: embedded amqtt broker (demo default, not for production) "
+                        "listening on %s, pid %d", self.listen, self.proc.pid)
+            return
+        code = self.proc.poll()
         self.stop()
+        if code is not None:
+            raise RuntimeError(f"the demo broker exited with code {code}")
         raise RuntimeError(f"the demo broker did not listen on {self.listen} within {timeout}s")
 
     def stop(self) -> None:
@@ -85,6 +91,8 @@ def _main(listen: str) -> None:  # pragma: no cover - runs in the child
     async def run() -> None:
         broker = Broker(config)
         await broker.start()
+        sys.stdout.write("READY\n")
+        sys.stdout.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

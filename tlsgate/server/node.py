@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import logging
 import os
 import signal
@@ -62,6 +63,21 @@ class Node:
         self.stop_event = asyncio.Event()
         self._sighup: asyncio.Task[ReloadResult] | None = None
         self.last_reload: ReloadResult | None = None
+        #: Operations workers may request from the node (features add theirs).
+        self.worker_requests: dict[str, Any] = {}
+        #: Per-node services with async start()/stop() (admin API, cluster, fetchers).
+        self.services: list[Any] = []
+        self._make_services()
+
+    def _make_services(self) -> None:
+        if self.config.dashboard.enable:
+            try:
+                admin = importlib.import_module("tlsgate.admin")
+                service = admin.AdminService
+            except (ImportError, AttributeError):
+                log.warning("the admin API is not part of this build; [dashboard] ignored")
+            else:
+                self.services.append(service(self))
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -74,6 +90,8 @@ class Node:
         if errors:
             await self.stop()
             raise StartError(str(errors[0]))
+        for svc in self.services:
+            await svc.start()
         binds = [f"{label} on {lst.bind}" for label, lst in self._enabled(self.config)]
         log.info("tlsgate node %s ready: %s (%d worker%s)", self.config.node.name,
                  ", ".join(binds), n, "" if n == 1 else "s")
@@ -137,7 +155,29 @@ class Node:
         return h
 
     def _handlers(self, h: WorkerHandle) -> dict[str, Any]:
-        return {}
+        """Requests a worker may send to the node (e.g. fetch a CRL once for all workers)."""
+        return dict(self.worker_requests)
+
+    async def ask_workers(self, op: str, timeout: float = 10.0, **args: Any
+                          ) -> list[tuple[int, Any]]:
+        """Send ``op`` to every live worker; ``[(index, result or the exception)]``."""
+        live = [h for h in self.workers.values()
+                if h.peer is not None and h.proc is not None and h.proc.returncode is None]
+
+        async def one(h: WorkerHandle) -> tuple[int, Any]:
+            assert h.peer is not None
+            try:
+                return h.index, await h.peer.request(op, timeout=timeout, **args)
+            except (ControlError, TimeoutError) as exc:
+                return h.index, exc
+
+        return list(await asyncio.gather(*(one(h) for h in live)))
+
+    def tell_workers(self, op: str, **args: Any) -> None:
+        """Notify every live worker (no answer)."""
+        for h in self.workers.values():
+            if h.peer is not None:
+                h.peer.notify(op, **args)
 
     async def _supervise(self, h: WorkerHandle) -> None:
         assert h.proc is not None
@@ -212,6 +252,11 @@ class Node:
     # ------------------------------------------------------------------ stop
     async def stop(self) -> None:
         self.stopping = True
+        for svc in reversed(self.services):
+            try:
+                await svc.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(svc).__name__)
         timeout = self.config.node.shutdown_timeout + 5.0
 
         async def stop_one(h: WorkerHandle) -> None:

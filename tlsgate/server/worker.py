@@ -22,6 +22,7 @@ from typing import Any
 from ..config import Config, ConfigError, parse
 from ..log import setup as setup_logging
 from ..tls.engine import self_check
+from . import worker_ops
 from .app import Gateway
 from .control import ControlPeer
 from .run import install_loop
@@ -76,8 +77,10 @@ class Worker:
                               for lb, r in gw.listeners.items()}}
 
     def handlers(self) -> dict[str, Any]:
-        return {"start": self.h_start, "reload": self.h_reload, "stop": self.h_stop,
-                "status": self.h_status}
+        ops: dict[str, Any] = worker_ops.handlers(lambda: self.gw)
+        ops.update({"start": self.h_start, "reload": self.h_reload, "stop": self.h_stop,
+                    "status": self.h_status})
+        return ops
 
     # ---- main -----------------------------------------------------------------------------
     async def main(self, fd: int) -> int:

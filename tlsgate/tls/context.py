@@ -15,21 +15,26 @@ renegotiation, OpenSSL's per-connection buffers released when idle (SSL_MODE_REL
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ObjectIdentifier
 from OpenSSL import SSL, crypto
 
 from ..config.load import Problem
 from ..config.schema import ServerSslOptions, SniEntry
 from ..config.types import Secret
+from .certs import (
+    CertError,
+    is_world_readable,
+    key_matches_cert,
+    load_pem_chain,
+    load_private_key,
+    parse_eku,
+)
 
 log = logging.getLogger("tlsgate.tls")
 
@@ -38,14 +43,6 @@ log = logging.getLogger("tlsgate.tls")
 DEFAULT_TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 _VERSION = {"tlsv1.2": SSL.TLS1_2_VERSION, "tlsv1.3": SSL.TLS1_3_VERSION}
-_EKU_NAMES = {
-    "clientauth": ExtendedKeyUsageOID.CLIENT_AUTH,
-    "serverauth": ExtendedKeyUsageOID.SERVER_AUTH,
-    "codesigning": ExtendedKeyUsageOID.CODE_SIGNING,
-    "emailprotection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
-    "timestamping": ExtendedKeyUsageOID.TIME_STAMPING,
-    "ocspsigning": ExtendedKeyUsageOID.OCSP_SIGNING,
-}
 
 PrivateKey = Any  # a cryptography private key object
 
@@ -65,86 +62,13 @@ class _Collector:
         self.problems.append(Problem(f"{self.prefix}.{key}" if self.prefix else key, message))
 
 
-# ------------------------------------------------------------------------------------------
-# Loading files with errors an operator can act on
-# ------------------------------------------------------------------------------------------
-def read_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ValueError(f"file {path!r} does not exist") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path!r} is a directory, not a file") from None
-    except PermissionError:
-        raise ValueError(f"file {path!r} is not readable by this process (permissions)") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
-
-
-def load_cert_chain(path: str) -> list[x509.Certificate]:
-    """All certificates of a PEM file (leaf first), or a DER file with one certificate."""
-    data = read_file(path)
-    if b"-----BEGIN" in data:
-        try:
-            certs = x509.load_pem_x509_certificates(data)
-        except ValueError as exc:
-            raise ValueError(f"file {path!r}: a PEM certificate in it is malformed ({exc})") \
-                from None
-    else:
-        try:
-            certs = [x509.load_der_x509_certificate(data)]
-        except ValueError:
-            raise ValueError(f"file {path!r} holds no certificate (neither PEM nor DER)") \
-                from None
-    if not certs:
-        raise ValueError(f"file {path!r} holds no certificate")
-    return certs
-
-
-def load_private_key(path: str, password: Secret | None) -> PrivateKey:
-    data = read_file(path)
-    pw = password.reveal().encode() if password else None
-    try:
-        if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, pw)
-        else:
-            key = serialization.load_der_private_key(data, pw)
-    except TypeError as exc:
-        if "encrypted" in str(exc) and pw is None:
-            raise ValueError(f"key {path!r} is encrypted: set the password key") from None
-        if "not encrypted" in str(exc):
-            raise ValueError(f"key {path!r} is not encrypted but a password is set: remove "
-                             "the password key") from None
-        raise ValueError(f"key {path!r}: {exc}") from None
-    except ValueError as exc:
-        if pw is not None and ("password" in str(exc).lower() or "decrypt" in str(exc).lower()):
-            raise ValueError(f"key {path!r}: wrong password") from None
-        raise ValueError(f"file {path!r} is not a private key this build can read") from None
-    if isinstance(key, dh.DHPrivateKey):
-        raise ValueError(f"key {path!r} is a DH key, not a signing key")
-    return key
-
-
-def key_matches(key: PrivateKey, cert: x509.Certificate) -> bool:
-    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    return bool(key.public_key().public_bytes(enc, fmt) == cert.public_key().public_bytes(enc, fmt))
-
-
 def warn_if_world_readable(path: str, key: str) -> None:
     try:
-        mode = os.stat(path).st_mode
+        if is_world_readable(path):
+            log.warning("%s: key file %s is readable by every user on this machine; "
+                        "chmod 600 it", key, path)
     except OSError:
-        return
-    if mode & stat.S_IROTH:
-        log.warning("%s: key file %s is readable by every user on this machine; "
-                    "chmod 600 it", key, path)
-
-
-def _is_supported_key(key: PrivateKey) -> bool:
-    return isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-                      | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+        pass
 
 
 # ------------------------------------------------------------------------------------------
@@ -170,17 +94,6 @@ class ServerContext:
 
 
 ContextHook = Callable[[SSL.Context, ServerSslOptions], None]
-
-
-def _eku_oid(value: str) -> ObjectIdentifier:
-    name = value.replace("_", "").replace("-", "").lower()
-    if name in _EKU_NAMES:
-        return _EKU_NAMES[name]
-    try:
-        return ObjectIdentifier(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is neither a known extended key usage "
-                         f"({', '.join(sorted(_EKU_NAMES))}) nor a dotted OID") from None
 
 
 def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
@@ -226,17 +139,17 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
         eku = None
         if opts.verify_peer_ext_key_usage:
             try:
-                eku = _eku_oid(opts.verify_peer_ext_key_usage)
-            except ValueError as exc:
+                eku = parse_eku(opts.verify_peer_ext_key_usage)
+            except (CertError, ValueError) as exc:
                 c.add("verify_peer_ext_key_usage", str(exc))
         ctx.set_verify(mode, _eku_checker(eku) if eku is not None else None)
         ctx.set_verify_depth(opts.depth)
         if opts.cacertfile:
             try:
-                load_cert_chain(opts.cacertfile)
+                load_pem_chain(opts.cacertfile)
                 ctx.load_verify_locations(opts.cacertfile)
                 ctx.load_client_ca(opts.cacertfile.encode())
-            except ValueError as exc:
+            except CertError as exc:
                 c.add("cacertfile", str(exc))
             except SSL.Error as exc:
                 c.add("cacertfile", f"OpenSSL could not load it: {exc}")
@@ -289,20 +202,23 @@ def _load_identity(ctx: SSL.Context, certfile: str, keyfile: str, password: Secr
     chain: list[x509.Certificate] = []
     key = None
     try:
-        chain = load_cert_chain(certfile)
-    except ValueError as exc:
+        chain = load_pem_chain(certfile)
+    except CertError as exc:
         c.add(f"{key_prefix}certfile", str(exc))
     try:
-        key = load_private_key(keyfile, password)
+        key = load_private_key(keyfile, password.reveal() if password else None)
         warn_if_world_readable(keyfile, f"{c.prefix}.{key_prefix}keyfile")
-    except ValueError as exc:
+    except OSError as exc:
+        c.add(f"{key_prefix}password", f"cannot read the password file: {exc.strerror}")
+    except CertError as exc:
         c.add(f"{key_prefix}keyfile", str(exc))
     if not chain or key is None:
         return chain
-    if not _is_supported_key(key):
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+                      | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         c.add(f"{key_prefix}keyfile", "unsupported key type (use RSA, EC, Ed25519 or Ed448)")
         return chain
-    if not key_matches(key, chain[0]):
+    if not key_matches_cert(key, chain[0]):
         c.add(f"{key_prefix}keyfile", f"the key does not belong to the first certificate in "
                                       f"{certfile} (leaf first, then the chain)")
         return chain
