@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-import gmclient  # noqa: E402
 import OpenSSL.crypto  # noqa: E402
 import OpenSSL.SSL  # noqa: E402
 from cryptography import x509  # noqa: E402
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
+from tests import gmclient  # noqa: E402
 from tlsgate.config.schema import GmSslOptions  # noqa: E402
 from tlsgate.tls.gm import GmServerContext, library_info  # noqa: E402
 from tlsgate.tls.gm_certs import Sm2Dir, init_sm2_dir  # noqa: E402

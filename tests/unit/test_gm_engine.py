@@ -48,8 +48,7 @@ from tlsgate.tls.gm_certs import GmCertError, Sm2Dir, init_sm2_dir
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 GMCLIENT = TESTS / "gmclient.py"
-sys.path.insert(0, str(TESTS))
-import gmclient  # noqa: E402  (tests/gmclient.py: the independent Tongsuo client)
+from tests import gmclient  # noqa: E402  (tests/gmclient.py: the independent Tongsuo client)
 
 
 # ------------------------------------------------------------------------------------------
