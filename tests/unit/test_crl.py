@@ -541,3 +541,52 @@ def test_live_connection_index() -> None:
     assert idx.affected([b]) == {"c2"} and idx.affected([a]) == {"c1", "c2"}
     idx.unregister("c2")
     assert idx.affected([a, b]) == {"c1"} and len(idx) == 1
+
+
+async def test_guard_on_a_context_from_build_server_context(
+        pki: Pki, crl_server: CrlServer, cache: CrlCache) -> None:
+    """The guard as a context hook of the real context builder (listener + SNI contexts)."""
+    from tlsgate.tls.context import build_server_context
+
+    cert, key = pki.server.write(pki.dir, "server")
+    opts = ServerSslOptions(certfile=cert, keyfile=key, verify="verify_peer",
+                            fail_if_no_peer_cert=True, cacertfile=pki.ca_file,
+                            enable_crl_check=True)
+    guard = ClientRevocationGuard(opts, cache, name="listeners.ssl.default")
+    sc = build_server_context(opts, "listeners.ssl.default",
+                              hooks=[lambda ctx, _opts: guard.attach(ctx)])
+    srv = await serve(guard, sc.ctx)
+    out = await s_client(srv.port, "-tls1_3", *pki.client_args(pki.bad, "bad"))
+    assert REVOKED_ALERT in out, out
+    out = await s_client(srv.port, "-tls1_2", *pki.client_args(pki.good, "good"))
+    assert "welcome" in out, out
+    await srv.stop()
+
+
+async def test_attach_keeps_an_existing_verify_check(pki: Pki, crl_server: CrlServer,
+                                                     cache: CrlCache) -> None:
+    options = ServerSslOptions(verify="verify_peer", cacertfile=pki.ca_file,
+                               enable_crl_check=True)
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate(pki.server.cert)
+    ctx.use_privatekey(pki.server.key)
+    refused: list[int] = []
+
+    def no_good_device(_c: SSL.Connection, cert: object, errno: int, depth: int,
+                       ok: int) -> bool:
+        if depth == 0 and "device-good" in cert.to_cryptography().subject.rfc4514_string():
+            refused.append(depth)
+            return False
+        return bool(ok)
+
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, no_good_device)
+    guard = ClientRevocationGuard(options, cache)
+    with pytest.raises(ValueError, match="verify_next"):
+        guard.attach(ctx)
+    guard.attach(ctx, verify_next=no_good_device)
+    srv = await serve(guard, ctx)
+    out = await s_client(srv.port, "-tls1_3", *pki.client_args(pki.good, "good"))
+    assert "welcome" not in out and refused, out        # the chained check still refuses
+    out = await s_client(srv.port, "-tls1_3", *pki.client_args(pki.bad, "bad"))
+    assert REVOKED_ALERT in out                          # and revocation still applies
+    await srv.stop()

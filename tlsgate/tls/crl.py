@@ -1068,7 +1068,8 @@ class ClientRevocationGuard:
     def __init__(self, options: ServerSslOptions, cache: CrlCache | None, *,
                  name: str = "listener", client_ocsp: ClientOcspChecker | None = None,
                  trust: Sequence[x509.Certificate] | None = None,
-                 key_prefix: str = "ssl_options") -> None:
+                 key_prefix: str = "ssl_options",
+                 verify_next: VerifyCallback | None = None) -> None:
         self.name = name
         self.crl_enabled = bool(options.enable_crl_check)
         if self.crl_enabled and cache is None:
@@ -1088,7 +1089,7 @@ class ClientRevocationGuard:
             weakref.WeakKeyDictionary())
         self._secrets: weakref.WeakKeyDictionary[SSL.Connection, bytes] = (
             weakref.WeakKeyDictionary())
-        self._verify_next: VerifyCallback | None = None
+        self._verify_next: VerifyCallback | None = verify_next
         self._keylog_next: KeylogCallback | None = None
         self._store: crypto.X509Store | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -1103,21 +1104,36 @@ class ClientRevocationGuard:
                 raise CrlError(f"{key_prefix}.crlfile: {e}") from None
             self._unsubscribe = cache.on_change(self.rebuild_store)
 
+    @staticmethod
+    def needed(options: ServerSslOptions) -> bool:
+        """Whether a listener with these options needs a guard."""
+        return options.verify == "verify_peer" and bool(
+            options.enable_crl_check or options.ocsp.check_client)
+
     # -- context setup ------------------------------------------------------------------------
     def attach(self, ctx: SSL.Context, verify_mode: int | None = None, *,
                verify_next: VerifyCallback | None = None,
                keylog_next: KeylogCallback | None = None) -> None:
-        """Prepare ``ctx`` (before any Connection is made from it): with CRL checking, its
-        verify store becomes this guard's (cacertfile + CRLs + CRL_CHECK[_ALL] flags, rebuilt
-        on every CRL change); the verify callback (if ``verify_mode`` is given: also
-        ``set_verify``) and a keylog callback (for TLS 1.3 late alerts) are installed.
-        ``verify_next`` / ``keylog_next`` are called after ours if you need your own."""
+        """Prepare ``ctx`` (the listener's and each SNI context, before any Connection is made
+        from them): with CRL checking its verify store becomes this guard's (cacertfile + CRLs
+        + CRL_CHECK[_ALL] (+ PARTIAL_CHAIN) flags, rebuilt on every CRL change); our verify
+        callback is installed with ``verify_mode`` (default: the mode already set on ``ctx``),
+        and a keylog callback (TLS 1.3 late alerts). ``verify_next`` / ``keylog_next`` run
+        after ours for certificates we do not decide (e.g. the extended-key-usage check).
+
+        pyOpenSSL keeps one verify callback per context: if ``ctx`` already has one and no
+        ``verify_next`` was given (here or to the constructor), this raises ValueError rather
+        than silently dropping that check."""
         if verify_next is not None:
             self._verify_next = verify_next
         if keylog_next is not None:
             self._keylog_next = keylog_next
-        if verify_mode is not None:
-            ctx.set_verify(verify_mode, self.verify_callback)
+        if (getattr(ctx, "_verify_helper", None) is not None and self._verify_next is None):
+            raise ValueError(
+                f"{self.name}: the TLS context already has a verify callback; pass it to "
+                f"ClientRevocationGuard as verify_next so it keeps running")
+        mode = ctx.get_verify_mode() if verify_mode is None else verify_mode
+        ctx.set_verify(mode, self.verify_callback)
         ctx.set_keylog_callback(self._keylog)
         if self.crl_enabled:
             self._contexts.append(weakref.ref(ctx))
