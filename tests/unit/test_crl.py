@@ -116,6 +116,7 @@ def make_guard(pki: Pki, cache: CrlCache, **opts: object) -> tuple[ClientRevocat
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.use_certificate(pki.server.cert)
     ctx.use_privatekey(pki.server.key)
+    ctx.load_verify_locations(pki.ca_file)       # the listener's store (as context.py does)
     guard.attach(ctx, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
     return guard, ctx
 
@@ -251,7 +252,7 @@ async def test_lru_eviction(pki: Pki, crl_server: CrlServer, tmp_path: Path) -> 
 
 
 async def test_handshakes_count_as_use_for_lru(pki: Pki, crl_server: CrlServer) -> None:
-    """Verifying a client with OpenSSL (no Python lookup) still marks its CRL as used."""
+    """A handshake decided in the verify callback (no fetch) marks its CRL as used."""
     c = CrlCache(CrlCacheConfig(capacity=2), status=RevocationStatus())
     crl_server.content["other.crl"] = crl_der(pki.root.crl())
     guard, ctx = make_guard(pki, c, crl_check_depth="leaf")
@@ -570,6 +571,7 @@ async def test_attach_keeps_an_existing_verify_check(pki: Pki, crl_server: CrlSe
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.use_certificate(pki.server.cert)
     ctx.use_privatekey(pki.server.key)
+    ctx.load_verify_locations(pki.ca_file)
     refused: list[int] = []
 
     def no_good_device(_c: SSL.Connection, cert: object, errno: int, depth: int,
