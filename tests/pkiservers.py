@@ -369,7 +369,9 @@ class OpensslOcspResponder:
             exp = cert.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
             rev = utcnow().strftime("%y%m%d%H%M%SZ") + ",keyCompromise" if flag == "R" else ""
             subj = "/" + "/".join(f"{a.oid._name}={a.value}" for a in cert.subject)
-            lines.append(f"{flag}\t{exp}\t{rev}\t{cert.serial_number:X}\tunknown\t{subj}\n")
+            serial = f"{cert.serial_number:X}"
+            serial = "0" * (len(serial) % 2) + serial     # whole bytes, as openssl writes them
+            lines.append(f"{flag}\t{exp}\t{rev}\t{serial}\tunknown\t{subj}\n")
         (d / "index.txt").write_text("".join(lines))
         (d / "ca.pem").write_bytes(self.ca.cert.public_bytes(serialization.Encoding.PEM))
         self.signer.write(d, "rsigner")

@@ -592,3 +592,25 @@ async def test_attach_keeps_an_existing_verify_check(pki: Pki, crl_server: CrlSe
     out = await s_client(srv.port, "-tls1_3", *pki.client_args(pki.bad, "bad"))
     assert REVOKED_ALERT in out                          # and revocation still applies
     await srv.stop()
+
+
+async def test_fetcher_hook_replaces_http(pki: Pki) -> None:
+    """The node can fetch for all workers: the cache then validates what it is handed."""
+    calls: list[tuple[str, float]] = []
+    good = crl_der(pki.inter.crl([pki.bad.serial]))
+
+    async def fetcher(url: str, timeout: float) -> bytes:
+        calls.append((url, timeout))
+        if url.endswith("down.crl"):
+            raise CrlFetchError(f"{url}: node says the server is down")
+        return good if url.endswith("inter.crl") else crl_der(pki.inter.crl(key=pki.root.key))
+
+    c = CrlCache(CrlCacheConfig(http_timeout=7.0), status=RevocationStatus(), fetcher=fetcher)
+    held = await c.fetch("http://ca.invalid/inter.crl", pki.inter.cert)
+    assert pki.bad.serial in held.serials() and calls == [("http://ca.invalid/inter.crl", 7.0)]
+    with pytest.raises(CrlValidationError):
+        await c.fetch("http://ca.invalid/forged.crl", pki.inter.cert)
+    with pytest.raises(CrlFetchError, match="node says"):
+        await c.fetch("http://ca.invalid/down.crl", pki.inter.cert)
+    assert c.in_backoff("http://ca.invalid/down.crl")
+    await c.close()

@@ -97,7 +97,7 @@ import struct
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
@@ -146,6 +146,9 @@ log = logging.getLogger("tlsgate.crl")
 
 #: (issuer name DER, serial number): how a certificate is named in a CRL.
 CertId = tuple[bytes, int]
+#: ``fetcher(url, timeout) -> body``: replaces the HTTP GET of a CRL, e.g. to let the node
+#: process fetch once for all workers. It raises :class:`CrlFetchError` on failure.
+CrlFetcher = Callable[[str, float], Awaitable[bytes]]
 
 MAX_CLOCK_SKEW: Final = 300.0
 MAX_CRL_BYTES: Final = 64 * 1024 * 1024
@@ -437,7 +440,7 @@ class CrlCache:
                  session: aiohttp.ClientSession | None = None,
                  clock: Callable[[], float] = time.time, file_poll_interval: float = 5.0,
                  max_bytes: int = MAX_CRL_BYTES, fetch_concurrency: int = 8,
-                 max_skew: float = MAX_CLOCK_SKEW) -> None:
+                 max_skew: float = MAX_CLOCK_SKEW, fetcher: CrlFetcher | None = None) -> None:
         if config is None:
             from ..config.schema import CrlCacheConfig as _Cfg
             config = _Cfg()
@@ -448,6 +451,7 @@ class CrlCache:
         self._status = status or default_status()
         self._session = session
         self._own_session = session is None
+        self._fetcher = fetcher
         self._clock = clock
         self._file_poll_interval = file_poll_interval
         self._max_bytes = max_bytes
@@ -633,6 +637,8 @@ class CrlCache:
         self._inflight.pop(url, None)
 
     async def _download(self, url: str) -> bytes:
+        if self._fetcher is not None:
+            return await self._fetcher(url, self.http_timeout)
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:

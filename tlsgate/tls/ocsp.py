@@ -54,7 +54,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -102,6 +102,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("tlsgate.ocsp")
+
+#: ``fetcher(url, request_der, timeout) -> response body``: replaces the HTTP POST, e.g. to let
+#: the node process fetch once for all workers. It raises :class:`OcspFetchError` on failure.
+OcspFetcher = Callable[[str, bytes, float], Awaitable[bytes]]
 
 #: How far a response's thisUpdate may lie in the future (responder clock ahead of ours).
 MAX_CLOCK_SKEW: Final = 300.0
@@ -478,7 +482,8 @@ class OcspStapler:
                  status: RevocationStatus | None = None,
                  session: aiohttp.ClientSession | None = None,
                  clock: Callable[[], float] = time.time, retry_base: float = 2.0,
-                 max_skew: float = MAX_CLOCK_SKEW, min_refresh: float = MIN_REFRESH) -> None:
+                 max_skew: float = MAX_CLOCK_SKEW, min_refresh: float = MIN_REFRESH,
+                 fetcher: OcspFetcher | None = None) -> None:
         if not responder_url.lower().startswith(("http://", "https://")):
             raise OcspConfigError(f"responder_url {responder_url!r} must be http:// or https://")
         self.name = name
@@ -495,6 +500,7 @@ class OcspStapler:
         self._min_refresh = min_refresh
         self._session = session
         self._own_session = session is None
+        self._fetcher = fetcher
         self._path = (Path(data_dir) / "ocsp" / f"{self.fingerprint}.der"
                       if data_dir is not None else None)
         self._request = build_request(cert, issuer)
@@ -507,7 +513,8 @@ class OcspStapler:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._warned_no_staple = False
-        self.status = (status or default_status()).ocsp(
+        self._registry = status or default_status()
+        self.status = self._registry.ocsp(
             name, name=name, subject=cert.subject.rfc4514_string(),
             serial=f"{cert.serial_number:x}", fingerprint_sha256=self.fingerprint,
             responder_url=responder_url, must_staple=self.must_staple)
@@ -611,7 +618,18 @@ class OcspStapler:
         self._next_delay = 0.0
         self._task = asyncio.create_task(self._run(), name=f"ocsp-stapler:{self.name}")
 
-    async def stop(self) -> None:
+    async def _post(self, url: str, request: bytes) -> bytes:
+        if self._fetcher is not None:
+            return await self._fetcher(url, request, self.http_timeout)
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return await post_ocsp(self._session, url, request, self.http_timeout)
+
+    async def stop(self, *, forget: bool = False) -> None:
+        """Stop refreshing (the held staple stays readable). ``forget``: also remove this
+        certificate's entry from the status registry (its listener is gone)."""
+        if forget:
+            self._registry.drop_ocsp(self.name)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -648,14 +666,11 @@ class OcspStapler:
     async def refresh_now(self) -> bool:
         """Fetch, validate and (if good) staple and persist one response. True on success.
         Sets the delay until the next attempt either way."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
         st = self.status
         st.last_fetch = self._clock()
         st.fetches += 1
         try:
-            der = await post_ocsp(self._session, self.responder_url, self._request,
-                                  self.http_timeout)
+            der = await self._post(self.responder_url, self._request)
             now = self._clock()
             v = validate_staple(der, self.cert, self.issuer, now=now, max_skew=self._max_skew,
                                 default_validity=self.refresh_interval)
@@ -812,10 +827,11 @@ class ClientOcspChecker:
                  status: RevocationStatus | None = None,
                  clock: Callable[[], float] = time.time, capacity: int = 100_000,
                  failure_ttl: float = 60.0, default_validity: float = 300.0,
-                 max_skew: float = MAX_CLOCK_SKEW) -> None:
+                 max_skew: float = MAX_CLOCK_SKEW, fetcher: OcspFetcher | None = None) -> None:
         self.http_timeout = http_timeout
         self._session = session
         self._own_session = session is None
+        self._fetcher = fetcher
         self._stats = (status or default_status()).client_ocsp
         self._clock = clock
         self._capacity = capacity
@@ -875,13 +891,16 @@ class ClientOcspChecker:
             return r
         url = urls[0]
         per = st.per_responder.setdefault(url, {"fetches": 0, "errors": 0, "last_error": None})
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
         st.fetches += 1
         per["fetches"] += 1
         try:
-            der = await post_ocsp(self._session, url, build_request(cert, issuer),
-                                  self.http_timeout)
+            request = build_request(cert, issuer)
+            if self._fetcher is not None:
+                der = await self._fetcher(url, request, self.http_timeout)
+            else:
+                if self._session is None:
+                    self._session = aiohttp.ClientSession()
+                der = await post_ocsp(self._session, url, request, self.http_timeout)
             now = self._clock()
             v = verify_response(der, cert, issuer, now=now, max_skew=self._max_skew,
                                 default_validity=self._default_validity)
