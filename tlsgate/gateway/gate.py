@@ -32,7 +32,7 @@ from ..mqtt import (
     parse_proxy_header,
     rewrite_connect,
 )
-from ..tls.engine import IN_VIEW, INBUF, HandshakeError, ServerSession, TlsError
+from ..tls.engine import IN_VIEW, INBUF, HandshakeError, TlsError
 from ..tls.identity import common_name, identity_from_cert, subject_string
 from .listener import ListenerRuntime
 from .record import ConnRecord
@@ -60,7 +60,7 @@ class ClientGate(asyncio.BufferedProtocol):
         self.ctx = lst.context
         self.phase = _HANDSHAKE
         self.transport: asyncio.Transport | None = None
-        self.sess: ServerSession | None = None
+        self.sess: Any = None  # ServerSession or GmSession (same interface)
         self.rec: ConnRecord | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.pending = bytearray()
@@ -112,7 +112,7 @@ class ClientGate(asyncio.BufferedProtocol):
         elif not lst.rate.allow():
             self.over_limit = Refusal.RATE_EXCEEDED
         self.phase = _HANDSHAKE
-        self.sess = ServerSession(self.ctx.ctx, self.transport.write)
+        self.sess = self.ctx.new_session(self.transport.write)
         if self.timer is not None:
             self.timer.cancel()
         self.timer = asyncio.get_running_loop().call_later(

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, ConfigError, Problem
-from ..config.schema import SslListener
+from ..config.schema import ListenerBase
 from ..gateway.gate import ClientGate
 from ..gateway.listener import ListenerRuntime
 from ..gateway.registry import Registry
-from ..tls.context import ContextError, ContextHook, ServerContext, build_server_context
+from ..tls.context import ContextError, ContextHook, build_server_context
 from .sockets import listening_socket
 
 log = logging.getLogger("tlsgate.server")
@@ -62,9 +62,10 @@ class Gateway:
         self.last_reload: ReloadResult | None = None
 
     # ------------------------------------------------------------------ building
-    def build_contexts(self, config: Config) -> dict[str, tuple[SslListener, ServerContext]]:
-        """Every enabled TLS listener's context; raises ConfigError listing all problems."""
-        out: dict[str, tuple[SslListener, ServerContext]] = {}
+    def build_contexts(self, config: Config) -> dict[str, tuple[ListenerBase, Any]]:
+        """Every enabled listener's context (TLS and 国密); raises ConfigError listing all
+        problems."""
+        out: dict[str, tuple[ListenerBase, Any]] = {}
         problems: list[Problem] = []
         for name, lst in config.listeners.ssl.items():
             if not lst.enable:
@@ -73,6 +74,16 @@ class Gateway:
             try:
                 out[f"ssl:{name}"] = (lst, build_server_context(lst.ssl_options, key,
                                                                 self.context_hooks))
+            except ContextError as exc:
+                problems.extend(exc.problems)
+        for name, glst in config.listeners.gm.items():
+            if not glst.enable:
+                continue
+            from ..tls.gm import build_gm_context  # loads Tongsuo only when a GM listener exists
+
+            try:
+                out[f"gm:{name}"] = (glst, build_gm_context(glst.ssl_options,
+                                                            f"listeners.gm.{name}"))
             except ContextError as exc:
                 problems.extend(exc.problems)
         if problems:
@@ -87,7 +98,7 @@ class Gateway:
         log.info("tlsgate node %s ready: %s", self.config.node.name,
                  ", ".join(f"{lb} on {r.rt.cfg.bind}" for lb, r in self.listeners.items()))
 
-    async def _start_listener(self, label: str, cfg: SslListener, ctx: ServerContext) -> None:
+    async def _start_listener(self, label: str, cfg: ListenerBase, ctx: Any) -> None:
         kind, name = label.split(":", 1)
         rt = ListenerRuntime(kind, name, cfg, self.config.listener_mqtt(cfg.mqtt),
                              self.config.upstreams[cfg.upstream], ctx, self.registry)
