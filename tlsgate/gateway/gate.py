@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -352,13 +353,26 @@ class ClientGate(asyncio.BufferedProtocol):
         host, port = _split_addr(up.address)
         loop = asyncio.get_running_loop()
         client_t = self.transport
+        tls = lst.upstream_tls
+        extra: dict[str, Any] = {}
+        if tls is not None:
+            # TLS towards the broker: uvloop's own TLS transport does it (the upstream side
+            # is one connection per client, not the hot path this module optimises).
+            extra = {"ssl": tls.context, "server_hostname": tls.server_hostname(host),
+                     "ssl_handshake_timeout": up.connect_timeout}
         try:
             transport, upstream = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamSide(self, sess, client_t), host, port),
+                loop.create_connection(lambda: UpstreamSide(self, sess, client_t), host, port,
+                                       **extra),
                 up.connect_timeout)
         except (TimeoutError, OSError) as exc:
-            what = "timed out" if isinstance(exc, asyncio.TimeoutError) else \
-                (exc.strerror or str(exc))
+            if isinstance(exc, TimeoutError):
+                what = "timed out"
+            elif isinstance(exc, ssl.SSLError):
+                detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+                what = f"TLS to the broker failed: {detail}"
+            else:
+                what = exc.strerror or str(exc)
             self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
                         f"broker {up.address} unreachable: {what}", "upstream_unavailable")
             return
