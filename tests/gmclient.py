@@ -168,8 +168,8 @@ def one(lib: Any, ctx: Any, a: argparse.Namespace, report: bool) -> dict[str, An
                 lib.X509_NAME_oneline(lib.X509_get_subject_name(x), buf, 512)
                 out["peer_subject"] = buf.value.decode()
                 lib.X509_free(x)
-        if a.send:
-            data = a.send.encode()
+        if a.send or a.send_hex:
+            data = bytes.fromhex(a.send_hex) if a.send_hex else a.send.encode()
             if lib.SSL_write(ssl, data, len(data)) != len(data):
                 raise ClientError(f"write failed: {errors(lib)}")
         got = b""
@@ -182,6 +182,7 @@ def one(lib: Any, ctx: Any, a: argparse.Namespace, report: bool) -> dict[str, An
             got += ctypes.string_at(buf, n)
         if a.expect:
             out["received"] = got.decode("utf-8", "replace")
+            out["received_hex"] = got.hex()
         lib.SSL_shutdown(ssl)
         return out
     finally:
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--enc-cert", default="")
     ap.add_argument("--enc-key", default="")
     ap.add_argument("--send", default="")
+    ap.add_argument("--send-hex", default="", help="bytes to send, hex (e.g. an MQTT CONNECT)")
     ap.add_argument("--expect", type=int, default=0, help="bytes to read back")
     ap.add_argument("--repeat", type=int, default=1, help="handshakes to do (benchmark)")
     ap.add_argument("--timeout", type=float, default=10.0)

@@ -34,7 +34,7 @@ from cryptography import x509
 
 from ...config.load import Problem
 from ..context import ContextError
-from ..engine import _HUMAN, BUF_SIZE, INBUF, HandshakeError, TlsError
+from ..engine import BUF_SIZE, HUMAN_REASONS, INBUF, HandshakeError, TlsError
 from . import _lib
 from ._lib import GmUnavailableError, Tongsuo, load
 
@@ -86,7 +86,7 @@ _tls = _Buffers()
 
 
 def _human(reason: str) -> str:
-    return _HUMAN.get(reason, reason)
+    return HUMAN_REASONS.get(reason, reason)
 
 
 # ------------------------------------------------------------------------------------------
