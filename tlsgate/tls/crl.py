@@ -540,8 +540,9 @@ class CrlCache:
 
     def best_crl_for(self, cert: x509.Certificate, issuer: x509.Certificate,
                      now: float | None = None) -> CachedCrl | None:
-        """The newest current CRL that covers ``cert`` and is signed by ``issuer``, preferring
-        none by source (the newest wins, as in OpenSSL)."""
+        """The newest current CRL that covers ``cert`` and is signed by ``issuer``, whatever
+        its source (URL or file). Verifies signatures not checked yet (file CRLs of issuers
+        outside cacertfile) and remembers the result."""
         t = self._clock() if now is None else now
         want = cert.issuer.public_bytes()
         cands = [c for c in self._all() if c.issuer_der == want and c.valid_at(t, self._max_skew)]
