@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,28 +22,25 @@ from tests.authserver import AuthServer
 from tests.certkit import Pki
 from tests.clients import Sub, connack_code, mosquitto_pub, paho_client, tls_args
 from tests.conftest import GateFactory, base_toml, listener_toml
+from tests.loopthread import LoopThread
 from tests.procs import Mosquitto, free_port
 
 
 class ThreadedAuthServer:
-    """tests/authserver.AuthServer on its own event loop thread (tlsgate runs in another
-    process; the test drives clients synchronously)."""
+    """tests/authserver.AuthServer on a background loop (tlsgate runs in another process; the
+    test drives clients synchronously)."""
 
     def __init__(self, tls: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.srv = AuthServer(tls)
-        asyncio.run_coroutine_threadsafe(self.srv.start(), self.loop).result(10)
+        self.lt = LoopThread()
+        self.srv = self.lt.run(AuthServer(tls).start())
 
     @property
     def port(self) -> int:
         return self.srv.port
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.srv.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.lt.run(self.srv.stop())
+        self.lt.close()
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +52,17 @@ def authsrv(pki: Pki) -> Iterator[ThreadedAuthServer]:
     s.stop()
 
 
+BODY = ('{ username = "${username}", password = "${password}", clientid = "${clientid}", '
+        'cn = "${cert_common_name}" }')
+
+
 def auth_toml(url: str, pki: Pki, *, extra: str = "", ssl_extra: str = "") -> str:
     return f"""
 [authentication]
 backend = "http"
 method = "post"
 url = "{url}"
-body = {{ username = "${{username}}", password = "${{password}}", clientid = "${{clientid}}", cn = "${{cert_common_name}}" }}
+body = {BODY}
 request_timeout = "1s"
 {extra}
 [authentication.ssl]

@@ -33,6 +33,7 @@ from ..mqtt import (
     parse_proxy_header,
     rewrite_connect,
 )
+from ..tls.crl import peer_cert_ids
 from ..tls.engine import IN_VIEW, INBUF, HandshakeError, TlsError
 from ..tls.identity import common_name, identity_from_cert, subject_string
 from .listener import ListenerRuntime
@@ -75,6 +76,12 @@ class ClientGate(asyncio.BufferedProtocol):
         self.peer_cert: Any = None
         self.proxied_src: tuple[str, int] | None = None
         self.proxied_dst: tuple[str, int] | None = None
+        #: Revocation guard of the context this client got (None: no check, the usual case).
+        self.guard: Any = getattr(self.ctx, "guard", None)
+        #: Server handshake output held back while a revocation verdict is pending.
+        self.held: bytearray | None = None
+        self.no_close_notify = False
+        self.live_registered = False
 
     # ---------------------------------------------------------------------- accept
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,9 +148,16 @@ class ClientGate(asyncio.BufferedProtocol):
                 sess = self.sess
                 assert sess is not None
                 sess.feed_in(nbytes)
-                if sess.handshake():
-                    self._handshake_done()
-            elif phase in (_CONNECT, _ADMIT, _POST_HS):
+                if self.guard is None:
+                    if sess.handshake():
+                        self._handshake_done()
+                else:
+                    self._guarded_step()
+            elif phase == _POST_HS:
+                # Waiting for a revocation verdict: keep the ciphertext, touch no TLS state.
+                assert self.sess is not None
+                self.sess.feed_in(nbytes)
+            elif phase in (_CONNECT, _ADMIT):
                 assert self.sess is not None
                 data = self.sess.decrypt(nbytes)
                 if data:
@@ -199,7 +213,9 @@ class ClientGate(asyncio.BufferedProtocol):
         if rest and self.phase == _HANDSHAKE and self.sess is not None:
             self.sess.feed(rest)
             try:
-                if self.sess.handshake():
+                if self.guard is not None:
+                    self._guarded_step()
+                elif self.sess.handshake():
                     self._handshake_done()
             except HandshakeError as exc:
                 self._handshake_failed(exc.reason)
@@ -213,6 +229,28 @@ class ClientGate(asyncio.BufferedProtocol):
         st.handshake_failures[_failure_class(reason)] += 1
         self.close("handshake failed: " + reason)
 
+    def _guarded_step(self) -> None:
+        """A handshake step under a revocation guard: once the guard may need to wait for a
+        CRL/OCSP fetch, hold back everything the server writes (see tlsgate.tls.crl), so a
+        refusal can still be an alert the client reads."""
+        sess, guard = self.sess, self.guard
+        assert sess is not None and self.transport is not None
+        try:
+            done = sess.handshake_step()
+        except HandshakeError:
+            self.held = None
+            self.transport.write(sess.take_output())  # OpenSSL's own alert
+            raise
+        out = sess.take_output()
+        if self.held is not None or done or guard.pending(sess.conn):
+            if self.held is None:
+                self.held = bytearray()
+            self.held += out
+        elif out:
+            self.transport.write(out)
+        if done:
+            self._handshake_done()
+
     def _handshake_done(self) -> None:
         sess, rec, lst = self.sess, self.rec, self.lst
         assert sess is not None and rec is not None and self.timer is not None
@@ -225,8 +263,56 @@ class ClientGate(asyncio.BufferedProtocol):
         alpn = sess.alpn
         rec.alpn = alpn.decode("ascii", "replace") if alpn else None
         rec.session_reused = sess.session_reused
+        # The connect timer also bounds a pending revocation verdict.
+        self.timer = asyncio.get_running_loop().call_later(
+            lst.mqtt.connect_timeout, self._timeout, "connect_timeout",
+            "no complete CONNECT within connect_timeout")
+        guard = self.guard
+        if guard is not None:
+            verdict = guard.check_now(sess.conn)
+            if verdict is None:
+                self.phase = _POST_HS
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self.task = asyncio.get_running_loop().create_task(
+                    self._resolve(), name=f"revocation verdict {rec.id}")
+                return
+            if not self._verdict(verdict):
+                return
+        self._handshake_accepted(elapsed)
+
+    async def _resolve(self) -> None:
+        assert self.sess is not None and self.transport is not None
+        verdict = await self.guard.resolve(self.sess.conn)
+        self.task = None
+        if self.phase != _POST_HS or not self._verdict(verdict):
+            return
+        self.transport.resume_reading()
+        assert self.rec is not None
+        self._handshake_accepted((self.rec.handshake_ms or 0.0) / 1000)
+
+    def _verdict(self, verdict: Any) -> bool:
+        """Send the held handshake bytes (allowed) or the alert instead (refused)."""
+        assert self.transport is not None
+        held, self.held = self.held, None
+        if verdict.allow:
+            if held:
+                self.transport.write(bytes(held))
+            return True
+        if verdict.alert_record:
+            self.transport.write(verdict.alert_record)
+        self.no_close_notify = True  # the keys the client holds no longer match ours
+        st = self.lst.stats
+        st.handshakes["failed", (self.rec.tls_version if self.rec else None) or "-"] += 1
+        st.handshake_failures[_failure_class(verdict.reason)] += 1
+        self.close("handshake failed: " + verdict.reason)
+        return False
+
+    def _handshake_accepted(self, elapsed: float) -> None:
+        sess, rec, lst = self.sess, self.rec, self.lst
+        assert sess is not None and rec is not None
         st = lst.stats
-        st.handshakes["ok", rec.tls_version] += 1
+        st.handshakes["ok", rec.tls_version or "-"] += 1
         if rec.cipher:
             st.ciphers[rec.cipher] += 1
         st.observe_handshake(elapsed)
@@ -238,34 +324,11 @@ class ClientGate(asyncio.BufferedProtocol):
                 rec.cert_cn = common_name(cert)
         if lst.psk_identity_of is not None:
             rec.psk_identity = lst.psk_identity_of(sess)
-        self.timer = asyncio.get_running_loop().call_later(
-            lst.mqtt.connect_timeout, self._timeout, "connect_timeout",
-            "no complete CONNECT within connect_timeout")
-        if lst.post_handshake:
-            self.phase = _POST_HS
-            self.task = asyncio.get_running_loop().create_task(
-                self._post_handshake(), name=f"post-handshake {rec.id}")
-            return
         self.phase = _CONNECT
         data = sess.read_plain()
         if data:
             self.pending += data
             self._try_connect()
-
-    async def _post_handshake(self) -> None:
-        rec = self.rec
-        assert rec is not None
-        for check in self.lst.post_handshake:
-            reason = await check(rec, self)
-            if reason is not None:
-                self.lst.stats.handshake_failures[_failure_class(reason)] += 1
-                self.close(reason)
-                return
-        if self.phase != _POST_HS:
-            return
-        self.phase = _CONNECT
-        self.task = None
-        self._try_connect()
 
     # ---------------------------------------------------------------------- CONNECT
     def _try_connect(self) -> None:
@@ -390,6 +453,11 @@ class ClientGate(asyncio.BufferedProtocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        opts = self.ctx.opts
+        if self.guard is not None and getattr(opts, "close_revoked_connections", False) \
+                and lst.revocation is not None:
+            lst.revocation.live.register(rec.id, peer_cert_ids(sess.conn, opts.crl_check_depth))
+            self.live_registered = True
         client = ClientSide(self, sess, transport)
         self.relay = Relay(client, upstream)
         rec.relay = self.relay
@@ -496,6 +564,7 @@ class ClientGate(asyncio.BufferedProtocol):
             self.task.cancel()
             self.task = None
         if self.sess is not None and self.transport is not None and \
+                not self.no_close_notify and self.held is None and \
                 not self.transport.is_closing():
             with contextlib.suppress(Exception):  # closing anyway
                 self.sess.close_notify()
@@ -522,6 +591,8 @@ class ClientGate(asyncio.BufferedProtocol):
         if self.sess is not None:
             lst.active -= 1
             lst.registry.remove(rec)
+        if self.live_registered and lst.revocation is not None:
+            lst.revocation.live.unregister(rec.id)
         rec.conn = None
         self._log_access()
 

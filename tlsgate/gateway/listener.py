@@ -50,9 +50,6 @@ class ListenerStats:
 #: An admission check runs after the CONNECT is parsed and before the broker is dialled; it
 #: returns None to let the client through, or (refusal, reason for the log).
 AdmissionCheck = Callable[["ConnRecord", "Connect"], Awaitable["tuple[Refusal, str] | None"]]
-#: A post-handshake check (e.g. revocation that needed a fetch) returns None or a reason;
-#: a reason closes the connection (after an alert where the check sends one).
-PostHandshakeCheck = Callable[["ConnRecord", Any], Awaitable["str | None"]]
 
 
 class ListenerRuntime:
@@ -67,11 +64,12 @@ class ListenerRuntime:
         self.active = 0
         self.context = context
         self.admission: list[AdmissionCheck] = []
-        self.post_handshake: list[PostHandshakeCheck] = []
         # Hook for the PSK module: returns the identity a finished session used, or None.
         self.psk_identity_of: Callable[[Any], str | None] | None = None
         #: Client TLS context towards the broker (``[upstreams.<name>.ssl]``), or None.
         self.upstream_tls: Any = None
+        #: The worker's RevocationRuntime (live-connection index for close_revoked_connections).
+        self.revocation: Any = None
         self.apply(cfg, mqtt, upstream, context)
 
     def apply(self, cfg: ListenerBase, mqtt: MqttConfig, upstream: UpstreamConfig,

@@ -27,6 +27,8 @@ from ..gateway.registry import Registry
 from ..mqtt import Connect, Refusal
 from ..tls.client_context import ClientTls, ClientTlsError, build_client_tls
 from ..tls.context import ContextError, ContextHook, build_server_context
+from .control import ControlPeer
+from .revocation import RevocationRuntime
 from .sockets import listening_socket
 
 log = logging.getLogger("tlsgate.server")
@@ -58,7 +60,8 @@ class ReloadResult:
 
 class Gateway:
     def __init__(self, config: Config, config_path: str | None, *, reuse_port: bool = False,
-                 sockets: dict[str, socket.socket] | None = None) -> None:
+                 sockets: dict[str, socket.socket] | None = None,
+                 node: Callable[[], ControlPeer | None] | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.reuse_port = reuse_port
@@ -75,6 +78,10 @@ class Gateway:
         self.authenticator: HttpAuthenticator | None = None
         self._retired: list[HttpAuthenticator] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The control channel to the node (None when running without one, e.g. check-config).
+        self.node = node
+        self.revocation = RevocationRuntime(config, node)
+        self.revocation.on_revoked(self._close_revoked)
 
     # ------------------------------------------------------------------ building
     def build(self, config: Config) -> Built:
@@ -88,8 +95,8 @@ class Gateway:
                 continue
             key = f"listeners.ssl.{name}"
             try:
-                out[f"ssl:{name}"] = (lst, build_server_context(lst.ssl_options, key,
-                                                                self.context_hooks))
+                ctx = build_server_context(lst.ssl_options, key, self.context_hooks)
+                out[f"ssl:{name}"] = (lst, self.revocation.prepare(key, ctx))
             except ContextError as exc:
                 problems.extend(exc.problems)
         for name, glst in config.listeners.gm.items():
@@ -126,6 +133,7 @@ class Gateway:
         self.upstream_tls = built.upstream_tls
         await self._set_authenticator(built.authenticator)
         for label, (cfg, ctx) in built.listeners.items():
+            await self.revocation.start_context(ctx)
             await self._start_listener(label, cfg, ctx)
         log.info("tlsgate node %s ready: %s", self.config.node.name,
                  ", ".join(f"{lb} on {r.rt.cfg.bind}" for lb, r in self.listeners.items()))
@@ -165,6 +173,7 @@ class Gateway:
     def _install(self, rt: ListenerRuntime) -> None:
         """Per-listener hooks of this gateway (run at start and after every reload)."""
         rt.upstream_tls = self.upstream_tls.get(rt.cfg.upstream)
+        rt.revocation = self.revocation
         if self._auth_check not in rt.admission:
             rt.admission.append(self._auth_check)
         for hook in self.on_listener:
@@ -215,12 +224,16 @@ class Gateway:
             changes.append("authentication: new settings")
         elif built.authenticator is not None:
             await built.authenticator.close()  # unchanged: keep the warm one
+        self.revocation.update_config(new_config)
         for label, (cfg, ctx) in built.listeners.items():
+            await self.revocation.start_context(ctx)
             run = self.listeners.get(label)
             if run is not None and run.rt.cfg.bind == cfg.bind:
+                old_ctx = run.rt.context
                 run.rt.apply(cfg, new_config.listener_mqtt(cfg.mqtt),
                              new_config.upstreams[cfg.upstream], ctx)
                 self._install(run.rt)
+                await self.revocation.retire_context(old_ctx)
                 changes.append(f"{label}: new TLS context")
                 continue
             if run is not None:
@@ -242,6 +255,12 @@ class Gateway:
         if run.server is not None:
             run.server.close()
         run.sock.close()
+        await self.revocation.retire_context(run.rt.context)
+
+    def _close_revoked(self, conn_ids: set[str]) -> None:
+        for cid in conn_ids:
+            self.registry.kick(cid, "certificate revoked by a refreshed CRL "
+                                    "(close_revoked_connections)")
 
     # ------------------------------------------------------------------ stop
     async def stop(self) -> None:
@@ -261,3 +280,4 @@ class Gateway:
         for auth in [self.authenticator, *self._retired]:
             if auth is not None:
                 await auth.close()
+        await self.revocation.close()

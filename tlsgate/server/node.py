@@ -29,6 +29,7 @@ from ..config import Config, ConfigError, Problem, parse
 from ..config.types import split_hostport
 from .app import Gateway, ReloadResult
 from .control import ControlError, ControlPeer
+from .fetch import NodeFetcher
 
 log = logging.getLogger("tlsgate.node")
 
@@ -63,8 +64,10 @@ class Node:
         self.stop_event = asyncio.Event()
         self._sighup: asyncio.Task[ReloadResult] | None = None
         self.last_reload: ReloadResult | None = None
+        #: One HTTP fetch of an OCSP response / CRL for all workers.
+        self.fetcher = NodeFetcher()
         #: Operations workers may request from the node (features add theirs).
-        self.worker_requests: dict[str, Any] = {}
+        self.worker_requests: dict[str, Any] = {"http_fetch": self.fetcher.handle}
         #: Per-node services with async start()/stop() (admin API, cluster, fetchers).
         self.services: list[Any] = []
         self._make_services()
@@ -277,6 +280,7 @@ class Node:
         await asyncio.gather(*(stop_one(h) for h in self.workers.values()))
         for t in list(self._supervisors):
             t.cancel()
+        await self.fetcher.close()
 
     # ------------------------------------------------------------------ signals
     def install_signals(self) -> None:
@@ -295,9 +299,12 @@ class Node:
 
 async def _validate(config: Config, path: str | None) -> None:
     """Load everything a worker will (raises ConfigError), then let go of it."""
-    built = Gateway(config, path).build(config)
+    gw = Gateway(config, path)
+    built = gw.build(config)
     if built.authenticator is not None:
         await built.authenticator.close()
+    for _, ctx in built.listeners.values():
+        await gw.revocation.retire_context(ctx)
 
 
 def node_pid() -> int:

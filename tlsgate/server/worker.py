@@ -46,7 +46,7 @@ class Worker:
         config = self._config(args)
         setup_logging(config.log.level, config.log.format, config.log.file,
                       config.log.access_log, tag=f"w{self.index}")
-        gw = Gateway(config, args.get("path"), reuse_port=True)
+        gw = Gateway(config, args.get("path"), reuse_port=True, node=lambda: self.peer)
         self.gw = gw
         try:
             await gw.start()

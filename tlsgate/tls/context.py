@@ -87,6 +87,13 @@ class ServerContext:
     opts: ServerSslOptions
     # Objects that must live as long as the context (callbacks handed to OpenSSL).
     keepalive: list[object] = field(default_factory=list, repr=False)
+    #: The Python verify callback (extended key usage check) if any: a revocation guard
+    #: installed later chains to it.
+    verify_callback: VerifyCallback | None = None
+    #: Client revocation guard (CRL / client OCSP), when the listener checks revocation.
+    guard: Any = None
+    #: OCSP staplers of this context's certificates (main first, then SNI entries).
+    staplers: tuple[Any, ...] = ()
 
     def all_chains(self) -> dict[str, list[x509.Certificate]]:
         out = {"": self.chain}
@@ -99,11 +106,14 @@ class ServerContext:
 
 
 ContextHook = Callable[[SSL.Context, ServerSslOptions], None]
+VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
 
 
 def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
-                  session_id: bytes) -> None:
-    """Everything but the certificate: versions, suites, verification, session handling."""
+                  session_id: bytes) -> VerifyCallback | None:
+    """Everything but the certificate: versions, suites, verification, session handling.
+    Returns the Python verify callback installed (None: OpenSSL's own checks only)."""
+    verify_cb: VerifyCallback | None = None
     versions = sorted(_VERSION[v] for v in opts.versions)
     ctx.set_min_proto_version(versions[0])
     ctx.set_max_proto_version(versions[-1])
@@ -147,7 +157,8 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
                 eku = parse_eku(opts.verify_peer_ext_key_usage)
             except (CertError, ValueError) as exc:
                 c.add("verify_peer_ext_key_usage", str(exc))
-        ctx.set_verify(mode, _eku_checker(eku) if eku is not None else None)
+        verify_cb = _eku_checker(eku) if eku is not None else None
+        ctx.set_verify(mode, verify_cb)
         ctx.set_verify_depth(opts.depth)
         if opts.cacertfile:
             try:
@@ -177,6 +188,7 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
             return SSL.NO_OVERLAPPING_PROTOCOLS
 
         ctx.set_alpn_select_callback(select)
+    return verify_cb
 
 
 def _eku_checker(required: ObjectIdentifier) -> Callable[..., bool]:
@@ -255,7 +267,7 @@ def build_server_context(opts: ServerSslOptions, key: str,
     c = _Collector(f"{key}.ssl_options")
     session_id = ("tlsgate:" + key).encode()[:32]
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    _apply_common(ctx, opts, c, session_id)
+    verify_cb = _apply_common(ctx, opts, c, session_id)
     chain = _load_identity(ctx, opts.certfile, opts.keyfile, opts.password, c)
 
     sni: dict[str, SSL.Context] = {}
@@ -295,7 +307,8 @@ def build_server_context(opts: ServerSslOptions, key: str,
     if c.problems:
         raise ContextError(c.problems)
     return ServerContext(ctx=ctx, chain=chain, certfile=opts.certfile, sni=sni,
-                         sni_chains=sni_chains, opts=opts, keepalive=keep)
+                         sni_chains=sni_chains, opts=opts, keepalive=keep,
+                         verify_callback=verify_cb)
 
 
 def sni_entry_names(entries: list[SniEntry]) -> list[str]:

@@ -136,6 +136,7 @@ __all__ = [
     "PeerVerdict",
     "check_crl",
     "crl_distribution_urls",
+    "get_crl",
     "load_crl",
     "peer_cert_ids",
     "tls12_alert_record",
@@ -210,6 +211,29 @@ def crl_distribution_urls(cert: x509.Certificate) -> list[str]:
                 if url.lower().startswith(("http://", "https://")) and url not in urls:
                     urls.append(url)
     return urls
+
+
+async def get_crl(session: aiohttp.ClientSession, url: str, timeout: float,
+                  max_bytes: int = MAX_CRL_BYTES) -> bytes:
+    """GET one CRL: the body of a 200 answer (bounded), else :class:`CrlFetchError`."""
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            if r.status != 200:
+                raise CrlFetchError(f"{url}: HTTP {r.status} {r.reason or ''}".rstrip())
+            if r.content_length is not None and r.content_length > max_bytes:
+                raise CrlFetchError(f"{url}: {r.content_length} bytes, more than the "
+                                    f"{max_bytes} a CRL may have here")
+            body = bytearray()
+            async for chunk in r.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise CrlFetchError(f"{url}: more than {max_bytes} bytes")
+            return bytes(body)
+    except TimeoutError:
+        raise CrlFetchError(f"{url}: no answer within {timeout:g}s "
+                            f"(crl_cache.http_timeout)") from None
+    except aiohttp.ClientError as e:
+        raise CrlFetchError(f"{url}: cannot fetch: {e or type(e).__name__}") from None
 
 
 def load_crl(data: bytes, source: str) -> x509.CertificateRevocationList:
@@ -642,25 +666,7 @@ class CrlCache:
             return await self._fetcher(url, self.http_timeout)
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        try:
-            async with self._session.get(url, timeout=aiohttp.ClientTimeout(
-                    total=self.http_timeout)) as r:
-                if r.status != 200:
-                    raise CrlFetchError(f"{url}: HTTP {r.status} {r.reason or ''}".rstrip())
-                if r.content_length is not None and r.content_length > self._max_bytes:
-                    raise CrlFetchError(f"{url}: {r.content_length} bytes, more than the "
-                                        f"{self._max_bytes} a CRL may have here")
-                body = bytearray()
-                async for chunk in r.content.iter_chunked(65536):
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise CrlFetchError(f"{url}: more than {self._max_bytes} bytes")
-                return bytes(body)
-        except TimeoutError:
-            raise CrlFetchError(f"{url}: no answer within {self.http_timeout:g}s "
-                                f"(crl_cache.http_timeout)") from None
-        except aiohttp.ClientError as e:
-            raise CrlFetchError(f"{url}: cannot fetch: {e or type(e).__name__}") from None
+        return await get_crl(self._session, url, self.http_timeout, self._max_bytes)
 
     async def _fetch(self, url: str, issuer: x509.Certificate) -> CachedCrl:
         st = self._status.crl(url, "url")

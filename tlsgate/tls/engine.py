@@ -143,6 +143,28 @@ class ServerSession:
         self.flush()  # the alert OpenSSL queued
         raise HandshakeError(reason)
 
+    def handshake_step(self) -> bool:
+        """Like :meth:`handshake` but leaves the output queued (:meth:`take_output`), for a
+        caller that may have to hold it back (deferred revocation verdicts). On failure the
+        queued output is OpenSSL's alert."""
+        ssl = self._ssl
+        r = _lib.SSL_do_handshake(ssl)
+        if r == 1:
+            return True
+        err = _SSL_get_error(ssl, r)
+        if err in (_WANT_READ, _WANT_WRITE, _WANT_LOOKUP):
+            return False
+        raise HandshakeError(self._describe(err))
+
+    def take_output(self) -> bytes:
+        """Everything the record layer has queued for the client (b"" if nothing)."""
+        chunks = []
+        n = _BIO_read(self._wbio, _OUT, _OUTCAP)
+        while n > 0:
+            chunks.append(_OUT_MV[:n].tobytes())
+            n = _BIO_read(self._wbio, _OUT, _OUTCAP)
+        return b"".join(chunks)
+
     def _describe(self, err: int) -> str:
         reasons = _err_reasons()
         verify = _lib.SSL_get_verify_result(self._ssl)

@@ -694,8 +694,13 @@ class OcspStapler:
                      _fmt(held.this_update))
             v = held
         else:
+            fresh = held is None or v.this_update != held.this_update
             self._accept(v, source="responder", now=now)
             await self._persist(v.der)
+            if fresh:
+                log.info("OCSP %s: stapling a new response from %s (good; thisUpdate %s, "
+                         "nextUpdate %s)", self.name, self.responder_url, _fmt(v.this_update),
+                         _fmt(v.next_update))
         self._failures = 0
         st.consecutive_failures = 0
         st.last_success = now
