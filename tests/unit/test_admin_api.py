@@ -330,7 +330,8 @@ async def test_connections_filter_page_and_composite_ids(env: Env) -> None:
 
 @pytest.mark.parametrize("params,msg", [({"limit": "0"}, "limit must be between 1 and 1000"),
                                         ({"limit": "5000"}, "limit must be between"),
-                                        ({"page": "x"}, "page must be an integer")])
+                                        ({"page": "x"}, "page must be an integer"),
+                                        ({"page": "101", "limit": "1000"}, "narrow the list")])
 async def test_bad_paging_is_a_400(env: Env, params: dict[str, str], msg: str) -> None:
     r = await env.client.get("/api/v1/connections", params=params, headers=env.auth())
     assert r.status == 400 and msg in (await r.json())["message"]

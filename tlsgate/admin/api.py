@@ -33,6 +33,7 @@ from aiohttp import web
 from .. import __version__
 from ..config import Config
 from ..gateway.bans import BAN_KINDS, BanError, parse_ban
+from ..server.admin_ops import MAX_QUERY
 from . import procinfo
 from .banstore import NodeBans
 from .metrics import CONTENT_TYPE, MetricsRenderer, Snapshot, sum_listener_stats
@@ -347,6 +348,11 @@ async def connections(request: web.Request) -> web.Response:
     node = _node(request)
     page = _int_param(request, "page", 1, 1, 1_000_000)
     limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    if page * limit > MAX_QUERY:
+        raise ApiError(400, "bad_parameter",
+                       f"page {page} with limit {limit} is deeper than the first {MAX_QUERY} "
+                       "connections: narrow the list with a filter (clientid, username, cn, "
+                       "psk_identity, peer, listener)")
     filters = {k: request.query[k] for k in
                ("clientid", "username", "cn", "psk_identity", "peer", "listener")
                if request.query.get(k)}
