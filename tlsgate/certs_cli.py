@@ -49,14 +49,13 @@ def certs() -> None:
 @click.option("--ca-days", type=click.IntRange(min=1), default=DEFAULT_CA_DAYS,
               show_default=True, help="Validity of the CA certificate.")
 @click.option("--force", is_flag=True, help="Replace files that already exist.")
-# -- GM/SM (国密) hook ------------------------------------------------------------------------
-# `--sm2` (SM2 sign + encryption certificate pairs for [listeners.gm.<name>]) is added here by
-# the GM issue, together with the code that makes SM2 keys (`cryptography` cannot). It becomes
-# one more option above and one more branch in `init_cmd` below; nothing else changes shape.
-# ------------------------------------------------------------------------------------------
+@click.option("--sm2", is_flag=True,
+              help="国密: an SM2 CA and SM2 sign + encryption certificate pairs for the server "
+                   "and each client, for [listeners.gm.<name>] (made with the Tongsuo library "
+                   "of the tongsuopy wheel; `cryptography` cannot make SM2 keys).")
 def init_cmd(directory: Path, hosts: tuple[str, ...], clients: tuple[str, ...],
              key_type: str | None, rsa_flag: bool, rsa_bits: int, days: int, ca_days: int,
-             force: bool) -> None:
+             force: bool, sm2: bool) -> None:
     """Create a CA, a server certificate and client certificates in DIRECTORY.
 
     Writes ca.pem, ca.key, server.pem (certificate, then chain), server.key and NAME.pem /
@@ -66,7 +65,9 @@ def init_cmd(directory: Path, hosts: tuple[str, ...], clients: tuple[str, ...],
     if rsa_flag and key_type == "ec":
         raise click.UsageError("--rsa contradicts --key-type ec")
     kt: KeyType = "rsa" if rsa_flag or key_type == "rsa" else "ec"
-    # --- GM/SM: the `--sm2` branch goes here (see the hook above). ---
+    if sm2:
+        _init_sm2(directory, hosts, clients, days, force)
+        return
     try:
         result = init_dir(directory, hosts=hosts or ("localhost", "127.0.0.1"),
                           clients=clients or ("client",), key_type=kt, rsa_bits=rsa_bits,
@@ -79,6 +80,32 @@ def init_cmd(directory: Path, hosts: tuple[str, ...], clients: tuple[str, ...],
         click.echo(f"  {path.name:<{width}}  {what}")
     click.echo()
     click.echo(next_steps(result))
+
+
+def _init_sm2(directory: Path, hosts: tuple[str, ...], clients: tuple[str, ...], days: int,
+              force: bool) -> None:
+    from .tls.gm import GmUnavailableError
+    from .tls.gm_certs import GmCertError, init_sm2_dir
+
+    try:
+        d = init_sm2_dir(directory, hosts or ("localhost", "127.0.0.1"), clients or ("client",),
+                         days=days, force=force)
+    except (GmCertError, GmUnavailableError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Wrote into {directory}:")
+    for path in d.files():
+        click.echo(f"  {path.name}")
+    s = d.server
+    click.echo("\nNext: a 国密 listener using these files (tlsgate.toml):\n\n"
+               "  [listeners.gm.default]\n  bind = \"0.0.0.0:8884\"\n"
+               "  [listeners.gm.default.ssl_options]\n"
+               f"  sign_certfile = {_toml_str(s.sign_cert)}\n"
+               f"  sign_keyfile = {_toml_str(s.sign_key)}\n"
+               f"  enc_certfile = {_toml_str(s.enc_cert)}\n"
+               f"  enc_keyfile = {_toml_str(s.enc_key)}\n"
+               f"  cacertfile = {_toml_str(d.ca_cert)}\n"
+               "\nand a client: python examples/gm/gm_publish.py --port 8884 "
+               f"--cafile {d.ca_cert}")
 
 
 def _described(r: InitResult) -> list[tuple[Path, str]]:

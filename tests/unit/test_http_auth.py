@@ -28,6 +28,7 @@ from tlsgate.auth import (
 )
 from tlsgate.auth.http import interpret_response
 from tlsgate.config.schema import AuthenticationConfig
+from tlsgate.mqtt import connack_code
 from tlsgate.tls.client_context import ClientTlsError
 
 SECRET = b"s3cr3t-Pa55"
@@ -110,7 +111,7 @@ async def test_deny_is_not_authorized(https: AuthServer, pki: Pki) -> None:
         r = await auth.authenticate(req())
     assert r.decision is Decision.DENY and not r.allowed
     assert r.refusal is Refusal.NOT_AUTHORIZED
-    assert (r.refusal.connack_code(4), r.refusal.connack_code(5)) == (0x05, 0x87)
+    assert (connack_code(4, r.refusal), connack_code(5, r.refusal)) == (0x05, 0x87)
 
 
 async def test_deny_with_bad_credentials_reason(https: AuthServer, pki: Pki) -> None:
@@ -119,7 +120,7 @@ async def test_deny_with_bad_credentials_reason(https: AuthServer, pki: Pki) -> 
         r = await auth.authenticate(req())
     assert r.decision is Decision.BAD_CREDENTIALS and not r.allowed
     assert r.refusal is Refusal.BAD_CREDENTIALS
-    assert (r.refusal.connack_code(3), r.refusal.connack_code(5)) == (0x04, 0x86)
+    assert (connack_code(3, r.refusal), connack_code(5, r.refusal)) == (0x04, 0x86)
 
 
 @pytest.mark.parametrize("reply", ["ignore", "500", "404", "302", "badjson", "text",

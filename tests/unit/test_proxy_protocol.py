@@ -6,6 +6,7 @@ tests/e2e/test_proxy_v2_haproxy.py decodes a header produced by a real HAProxy.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +30,7 @@ from tlsgate.mqtt.proxy_protocol import (
     parse_proxy_header,
 )
 
+CAPTURES = Path(__file__).parent / "captures"
 CLIENT_HELLO = b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03"
 
 
@@ -163,6 +165,29 @@ def test_v2_tls_as_haproxy_send_proxy_v2_ssl_cn() -> None:
     assert h.tls == tls
     assert (h.ssl_client_flags, h.ssl_verify) == (0x07, 0)
     assert h.authority == "mqtt.example.com" and h.alpn == b"mqtt"
+
+
+def load_hex(name: str) -> bytes:
+    text = (CAPTURES / name).read_text()
+    return bytes.fromhex("".join(ln for ln in text.splitlines() if not ln.startswith("#")))
+
+
+def test_v2_haproxy_capture() -> None:
+    """A header recorded from HAProxy's send-proxy-v2-ssl-cn (see the .hex file's comments)."""
+    data = load_hex("haproxy_v2_ssl_cn.hex")
+    h = parse(data)  # includes a CRC32C TLV, which is checked
+    assert h.src == ("127.0.0.1", 49840) and h.dst == ("127.0.0.1", 45929)
+    assert h.tls == TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384",
+                            sni="mqtt.example.com", alpn=b"mqtt", cn="device-0042",
+                            client_cert_present=True, client_cert_verified=True)
+    # tlsgate's encoder produces the same bytes, apart from the CRC32C TLV it does not send.
+    crc_tlv = b"\x03\x00\x04" + (h.tlv(PP2_TYPE_CRC32C) or b"")
+    without_crc = bytearray(data.replace(crc_tlv, b""))
+    without_crc[14:16] = (len(without_crc) - 16).to_bytes(2, "big")
+    assert encode_v2(h.src, h.dst, h.tls) == bytes(without_crc)
+    corrupted = bytearray(data)
+    corrupted[-1] ^= 0x20  # cipher name case flipped: the CRC no longer matches
+    assert "CRC32C mismatch" in error(bytes(corrupted))
 
 
 @pytest.mark.parametrize(("tls", "flags", "verify"), [

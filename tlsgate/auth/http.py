@@ -77,6 +77,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 import aiohttp
 from yarl import URL
 
+from ..mqtt.errors import Refusal
 from ..tls.client_context import ClientTls, build_client_tls
 
 if TYPE_CHECKING:
@@ -142,19 +143,6 @@ class Decision(enum.Enum):
     BAD_CREDENTIALS = "bad_credentials"  # see the module docstring
     IGNORE = "ignore"                   # result = ignore, 4xx/5xx, unreadable answer
     ERROR = "error"                     # timeout, refused, TLS failure: no answer at all
-
-
-class Refusal(enum.Enum):
-    """Why a client is refused, with the CONNACK codes for MQTT 3.x and 5."""
-
-    NOT_AUTHORIZED = (0x05, 0x87)
-    BAD_CREDENTIALS = (0x04, 0x86)
-    SERVER_UNAVAILABLE = (0x03, 0x88)
-
-    def connack_code(self, protocol_level: int) -> int:
-        """The CONNACK return/reason code for protocol level 3, 4 (3.x) or 5."""
-        v3, v5 = self.value
-        return int(v5 if protocol_level >= 5 else v3)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ def check(path: str) -> list[str]:
     from ..server.app import Gateway
 
     try:
-        Gateway(config, path).build_contexts(config)
+        Gateway(config, path).build(config)
     except ConfigError as exc:
         return [str(p) for p in exc.problems]
     return []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..mqtt import (
     parse_proxy_header,
     rewrite_connect,
 )
-from ..tls.engine import IN_VIEW, INBUF, HandshakeError, ServerSession, TlsError
+from ..tls.engine import IN_VIEW, INBUF, HandshakeError, TlsError
 from ..tls.identity import common_name, identity_from_cert, subject_string
 from .listener import ListenerRuntime
 from .record import ConnRecord
@@ -60,7 +61,7 @@ class ClientGate(asyncio.BufferedProtocol):
         self.ctx = lst.context
         self.phase = _HANDSHAKE
         self.transport: asyncio.Transport | None = None
-        self.sess: ServerSession | None = None
+        self.sess: Any = None  # ServerSession or GmSession (same interface)
         self.rec: ConnRecord | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.pending = bytearray()
@@ -112,7 +113,7 @@ class ClientGate(asyncio.BufferedProtocol):
         elif not lst.rate.allow():
             self.over_limit = Refusal.RATE_EXCEEDED
         self.phase = _HANDSHAKE
-        self.sess = ServerSession(self.ctx.ctx, self.transport.write)
+        self.sess = self.ctx.new_session(self.transport.write)
         if self.timer is not None:
             self.timer.cancel()
         self.timer = asyncio.get_running_loop().call_later(
@@ -352,13 +353,26 @@ class ClientGate(asyncio.BufferedProtocol):
         host, port = _split_addr(up.address)
         loop = asyncio.get_running_loop()
         client_t = self.transport
+        tls = lst.upstream_tls
+        extra: dict[str, Any] = {}
+        if tls is not None:
+            # TLS towards the broker: uvloop's own TLS transport does it (the upstream side
+            # is one connection per client, not the hot path this module optimises).
+            extra = {"ssl": tls.context, "server_hostname": tls.server_hostname(host),
+                     "ssl_handshake_timeout": up.connect_timeout}
         try:
             transport, upstream = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamSide(self, sess, client_t), host, port),
+                loop.create_connection(lambda: UpstreamSide(self, sess, client_t), host, port,
+                                       **extra),
                 up.connect_timeout)
         except (TimeoutError, OSError) as exc:
-            what = "timed out" if isinstance(exc, asyncio.TimeoutError) else \
-                (exc.strerror or str(exc))
+            if isinstance(exc, TimeoutError):
+                what = "timed out"
+            elif isinstance(exc, ssl.SSLError):
+                detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+                what = f"TLS to the broker failed: {detail}"
+            else:
+                what = exc.strerror or str(exc)
             self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
                         f"broker {up.address} unreachable: {what}", "upstream_unavailable")
             return
@@ -399,7 +413,9 @@ class ClientGate(asyncio.BufferedProtocol):
                       sni=rec.server_name,
                       alpn=rec.alpn.encode() if rec.alpn else None,
                       cn=rec.cert_cn, client_cert_present=self.peer_cert is not None,
-                      client_cert_verified=self.peer_cert is not None)
+                      # peer_cert is only read under verify_peer, i.e. it was verified
+                      client_cert_verified=self.peer_cert is not None,
+                      session_reused=rec.session_reused)
         return encode_v2(src, dst, tls)
 
     # ---------------------------------------------------------------------- refusals, timeouts

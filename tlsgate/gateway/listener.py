@@ -70,6 +70,8 @@ class ListenerRuntime:
         self.post_handshake: list[PostHandshakeCheck] = []
         # Hook for the PSK module: returns the identity a finished session used, or None.
         self.psk_identity_of: Callable[[Any], str | None] | None = None
+        #: Client TLS context towards the broker (``[upstreams.<name>.ssl]``), or None.
+        self.upstream_tls: Any = None
         self.apply(cfg, mqtt, upstream, context)
 
     def apply(self, cfg: ListenerBase, mqtt: MqttConfig, upstream: UpstreamConfig,

@@ -80,7 +80,8 @@ class TlsInfo:
     protocol, ``cn``: the client certificate's subject CN. ``client_cert_present``: the client
     has a certificate in this TLS session; ``session_reused``: it was presented on an earlier
     connection of a resumed session (then only PP2_CLIENT_CERT_SESS is set, not _CONN).
-    When decoding, ``version``/``cipher`` are None if the sender did not include them.
+    ``cn`` is sent only with a client certificate. When decoding, ``version``/``cipher`` are
+    None if the sender did not include them.
     """
 
     version: str | None

@@ -17,12 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..auth import AuthConfigError, AuthRequest, HttpAuthenticator
 from ..config import Config, ConfigError, Problem
-from ..config.schema import SslListener
+from ..config.schema import ListenerBase
 from ..gateway.gate import ClientGate
 from ..gateway.listener import ListenerRuntime
+from ..gateway.record import ConnRecord
 from ..gateway.registry import Registry
-from ..tls.context import ContextError, ContextHook, ServerContext, build_server_context
+from ..mqtt import Connect, Refusal
+from ..tls.client_context import ClientTls, ClientTlsError, build_client_tls
+from ..tls.context import ContextError, ContextHook, build_server_context
 from .sockets import listening_socket
 
 log = logging.getLogger("tlsgate.server")
@@ -33,6 +37,13 @@ class _Running:
     rt: ListenerRuntime
     sock: socket.socket
     server: asyncio.AbstractServer | None = None
+
+
+@dataclass
+class Built:
+    listeners: dict[str, tuple[ListenerBase, Any]]
+    upstream_tls: dict[str, ClientTls | None]
+    authenticator: HttpAuthenticator | None
 
 
 @dataclass
@@ -60,11 +71,17 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self.reloads = 0
         self.last_reload: ReloadResult | None = None
+        self.upstream_tls: dict[str, ClientTls | None] = {}
+        self.authenticator: HttpAuthenticator | None = None
+        self._retired: list[HttpAuthenticator] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ building
-    def build_contexts(self, config: Config) -> dict[str, tuple[SslListener, ServerContext]]:
-        """Every enabled TLS listener's context; raises ConfigError listing all problems."""
-        out: dict[str, tuple[SslListener, ServerContext]] = {}
+    def build(self, config: Config) -> Built:
+        """Everything a start (or reload) loads from files: every enabled listener's context
+        (TLS and 国密), each upstream's client TLS context, the authenticator. Raises
+        ConfigError listing all problems, each with its key."""
+        out: dict[str, tuple[ListenerBase, Any]] = {}
         problems: list[Problem] = []
         for name, lst in config.listeners.ssl.items():
             if not lst.enable:
@@ -75,24 +92,89 @@ class Gateway:
                                                                 self.context_hooks))
             except ContextError as exc:
                 problems.extend(exc.problems)
+        for name, glst in config.listeners.gm.items():
+            if not glst.enable:
+                continue
+            from ..tls.gm import build_gm_context  # loads Tongsuo only when a GM listener exists
+
+            try:
+                out[f"gm:{name}"] = (glst, build_gm_context(glst.ssl_options,
+                                                            f"listeners.gm.{name}"))
+            except ContextError as exc:
+                problems.extend(exc.problems)
+        upstream_tls: dict[str, ClientTls | None] = {}
+        for name, up in config.upstreams.items():
+            upstream_tls[name] = None
+            if up.ssl.enable:
+                try:
+                    upstream_tls[name] = build_client_tls(up.ssl, f"upstreams.{name}.ssl")
+                except ClientTlsError as exc:
+                    problems.append(Problem(exc.key, exc.message))
+        auth = None
+        if config.authentication is not None and config.authentication.enable:
+            try:
+                auth = HttpAuthenticator(config.authentication)
+            except (AuthConfigError, ClientTlsError) as exc:
+                problems.append(Problem(exc.key, exc.message))
         if problems:
             raise ConfigError(self.config_path or "<config>", problems)
-        return out
+        return Built(out, upstream_tls, auth)
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
-        built = self.build_contexts(self.config)
-        for label, (cfg, ctx) in built.items():
+        built = self.build(self.config)
+        self.upstream_tls = built.upstream_tls
+        await self._set_authenticator(built.authenticator)
+        for label, (cfg, ctx) in built.listeners.items():
             await self._start_listener(label, cfg, ctx)
         log.info("tlsgate node %s ready: %s", self.config.node.name,
                  ", ".join(f"{lb} on {r.rt.cfg.bind}" for lb, r in self.listeners.items()))
 
-    async def _start_listener(self, label: str, cfg: SslListener, ctx: ServerContext) -> None:
+    async def _set_authenticator(self, auth: HttpAuthenticator | None) -> None:
+        old, self.authenticator = self.authenticator, auth
+        if auth is not None:
+            await auth.start()
+        if old is not None:
+            # calls in flight finish on the old one; it closes once they are done
+            self._retired.append(old)
+            asyncio.get_running_loop().call_later(
+                self.config.authentication.request_timeout + 1.0
+                if self.config.authentication else 5.0,
+                lambda: self._spawn(old.close(), "close old authenticator"))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _auth_check(self, rec: ConnRecord, connect: Connect
+                          ) -> tuple[Refusal, str] | None:
+        auth = self.authenticator
+        if auth is None:
+            return None
+        res = await auth.authenticate(AuthRequest(
+            username=rec.username, password=connect.password, clientid=rec.client_id or "",
+            peerhost=rec.peer[0], peerport=rec.peer[1], cert_common_name=rec.cert_cn,
+            cert_subject=rec.cert_subject, psk_identity=rec.psk_identity))
+        if res.allowed:
+            return None
+        refusal = res.refusal or Refusal.NOT_AUTHORIZED
+        return refusal, f"authentication: {res.decision.value}" + \
+            (f" ({res.reason})" if res.reason else "")
+
+    def _install(self, rt: ListenerRuntime) -> None:
+        """Per-listener hooks of this gateway (run at start and after every reload)."""
+        rt.upstream_tls = self.upstream_tls.get(rt.cfg.upstream)
+        if self._auth_check not in rt.admission:
+            rt.admission.append(self._auth_check)
+        for hook in self.on_listener:
+            hook(rt)
+
+    async def _start_listener(self, label: str, cfg: ListenerBase, ctx: Any) -> None:
         kind, name = label.split(":", 1)
         rt = ListenerRuntime(kind, name, cfg, self.config.listener_mqtt(cfg.mqtt),
                              self.config.upstreams[cfg.upstream], ctx, self.registry)
-        for hook in self.on_listener:
-            hook(rt)
+        self._install(rt)
         sock = self._inherited.pop(label, None)
         if sock is None:
             try:
@@ -120,19 +202,25 @@ class Gateway:
 
     async def _apply(self, new_config: Config) -> ReloadResult:
         try:
-            built = self.build_contexts(new_config)
+            built = self.build(new_config)
         except ConfigError as exc:
             return ReloadResult(False, problems=[str(p) for p in exc.problems])
         changes: list[str] = []
         old_labels = set(self.listeners)
+        old_auth = self.config.authentication
         self.config = new_config
-        for label, (cfg, ctx) in built.items():
+        self.upstream_tls = built.upstream_tls
+        if new_config.authentication != old_auth:
+            await self._set_authenticator(built.authenticator)
+            changes.append("authentication: new settings")
+        elif built.authenticator is not None:
+            await built.authenticator.close()  # unchanged: keep the warm one
+        for label, (cfg, ctx) in built.listeners.items():
             run = self.listeners.get(label)
             if run is not None and run.rt.cfg.bind == cfg.bind:
                 run.rt.apply(cfg, new_config.listener_mqtt(cfg.mqtt),
                              new_config.upstreams[cfg.upstream], ctx)
-                for hook in self.on_listener:
-                    hook(run.rt)
+                self._install(run.rt)
                 changes.append(f"{label}: new TLS context")
                 continue
             if run is not None:
@@ -144,7 +232,7 @@ class Gateway:
                 await self._start_listener(label, cfg, ctx)
             except ConfigError as exc:
                 changes.append(f"{label}: NOT started: {exc.problems[0]}")
-        for label in old_labels - set(built):
+        for label in old_labels - set(built.listeners):
             await self._stop_listener(label)
             changes.append(f"{label}: stopped (removed from the config; live connections stay)")
         return ReloadResult(True, changes=changes)
@@ -170,3 +258,6 @@ class Gateway:
             if rec.conn is not None:
                 rec.conn.close("tlsgate shutting down")
         await asyncio.sleep(0)  # let transports flush their close
+        for auth in [self.authenticator, *self._retired]:
+            if auth is not None:
+                await auth.close()

@@ -87,7 +87,7 @@ class Node:
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
-        Gateway(self.config, self.path).build_contexts(self.config)  # raises ConfigError
+        await _validate(self.config, self.path)  # raises ConfigError
         self._check_ports_free(self.config)
         n = self.config.node.worker_count()
         results = await asyncio.gather(*(self._spawn(i) for i in range(n)),
@@ -239,7 +239,7 @@ class Node:
         try:
             import tomllib
             config = parse(tomllib.loads(text), self.path or "<config>")
-            Gateway(config, self.path).build_contexts(config)
+            await _validate(config, self.path)
             old_binds = {lst.bind for _, lst in self._enabled(self.config)}
             self._check_ports_free(config, skip=old_binds)
         except ConfigError as exc:
@@ -306,6 +306,13 @@ class Node:
 
     def worker_pids(self) -> list[int]:
         return [h.pid for h in self.workers.values() if h.pid]
+
+
+async def _validate(config: Config, path: str | None) -> None:
+    """Load everything a worker will (raises ConfigError), then let go of it."""
+    built = Gateway(config, path).build(config)
+    if built.authenticator is not None:
+        await built.authenticator.close()
 
 
 def node_pid() -> int:

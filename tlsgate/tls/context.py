@@ -35,6 +35,7 @@ from .certs import (
     load_private_key,
     parse_eku,
 )
+from .engine import ServerSession
 
 log = logging.getLogger("tlsgate.tls")
 
@@ -91,6 +92,10 @@ class ServerContext:
         out = {"": self.chain}
         out.update(self.sni_chains)
         return out
+
+    def new_session(self, send: Callable[[bytes], Any]) -> ServerSession:
+        """A server session for one client; ``send`` writes ciphertext to it."""
+        return ServerSession(self.ctx, send)
 
 
 ContextHook = Callable[[SSL.Context, ServerSslOptions], None]

@@ -83,7 +83,7 @@ def _err_reasons() -> list[str]:
 
 
 # OpenSSL reason -> what the operator reads. Keys are OpenSSL's reason strings.
-_HUMAN = {
+HUMAN_REASONS = {
     "http request": "client sent plain HTTP, not TLS",
     "wrong version number": "client did not speak TLS (garbage or plain MQTT on the TLS port)",
     "packet length too long": "client did not speak TLS (garbage or plain MQTT on the TLS port)",
@@ -151,7 +151,7 @@ class ServerSession:
             return f"client certificate verify failed: {msg}"
         if reasons:
             first = reasons[0]
-            return _HUMAN.get(first, first)
+            return HUMAN_REASONS.get(first, first)
         if err == _lib.SSL_ERROR_SYSCALL:
             return "client closed the connection mid-handshake"
         return f"TLS error {err}"
