@@ -368,7 +368,9 @@ def certs(ctx: click.Context) -> None:
     for lst in doc["listeners"]:
         for ch in lst["chains"]:
             for i, c in enumerate(ch["certificates"]):
-                rows.append([lst["listener"], ch["server_name"] or "(default)",
+                where = f"({ch['role']})" if ch.get("role") else \
+                    (ch["server_name"] or "(default)")
+                rows.append([lst["listener"], where,
                              "leaf" if i == 0 else f"chain{i}", c["subject"], c["not_after"],
                              f"{c['days_left']:.0f}", c["status"].upper()
                              if c["status"] != "ok" else "ok"])

@@ -387,3 +387,29 @@ def test_no_token_on_a_public_address_refuses_to_start(broker: Mosquitto, pki: P
     assert g.proc.wait(30) == 2
     assert "dashboard.token: the admin API listens on 0.0.0.0" in g.log_text()
     assert not g.worker_pids()
+
+
+def test_gm_listener_certificates_are_listed(broker: Mosquitto, pki: Pki, tmp_path: Path,
+                                             make_gate: Any) -> None:
+    gm = pytest.importorskip("tlsgate.tls.gm")
+    from tests.e2e.test_gm_gateway import gm_listener
+    from tlsgate.tls.gm_certs import init_sm2_dir
+
+    try:
+        gm.library_info()
+    except gm.GmUnavailableError as exc:
+        pytest.skip(f"Tongsuo library unavailable: {exc}")
+    sm2 = init_sm2_dir(tmp_path / "sm2", clients=("dev1",))
+    tf = tmp_path / "token"
+    tf.write_text(TOKEN)
+    port, aport = free_port(), free_port()
+    g = make_gate(admin_toml(broker.port, aport, tf, workers=1) + gm_listener("g", port, sm2),
+                  [port, aport])
+    doc = Api(aport).get("/api/v1/certificates")
+    (lst,) = doc["listeners"]
+    assert lst["listener"] == "gm:g"
+    roles = {ch["role"]: ch["certificates"][0] for ch in lst["chains"]}
+    assert set(roles) == {"sign", "encryption"}
+    assert roles["sign"]["status"] == "ok" and roles["sign"]["days_left"] > 30
+    out = ctl(g, "certs")
+    assert out.returncode == 0 and "(sign)" in out.stdout and "(encryption)" in out.stdout

@@ -44,12 +44,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("adminpki"))
 
 
-def config_for(pki: Pki, data_dir: Path, *, psk: bool = False, token: str | None = TOKEN
-               ) -> Config:
+def config_for(pki: Pki, data_dir: Path, *, psk: bool = False, token: str | None = TOKEN,
+               ssl_extra: str = "") -> Config:
     text = (f"[node]\nname = \"unit\"\ndata_dir = \"{data_dir}\"\n"
             "[listeners.ssl.default]\nbind = \"127.0.0.1:0\"\n"
             "[listeners.ssl.default.ssl_options]\n"
-            f"certfile = \"{pki.server.cert}\"\nkeyfile = \"{pki.server.key}\"\n"
+            f"certfile = \"{pki.server.cert}\"\nkeyfile = \"{pki.server.key}\"\n{ssl_extra}"
             "[dashboard]\nlisten = \"127.0.0.1:0\"\n"
             + (f"token = \"{token}\"\n" if token else ""))
     if psk:
@@ -386,6 +386,52 @@ async def test_certificates_show_chain_expiry_and_revocation(env: Env, pki: Pki)
     checks = {s.labels["result"]: s.value for s in fams["tlsgate_client_ocsp_checks"].samples
               if s.name.endswith("_total")}
     assert checks == {"good": 4, "revoked": 1, "unknown": 0, "error": 2}
+
+
+async def test_revocation_state_comes_from_the_workers_when_configured(pki: Pki,
+                                                                      tmp_path: Path) -> None:
+    from tlsgate.tls.revocation_status import default_status
+
+    crl = pki.crl("unit-empty", [])
+    config = config_for(pki, tmp_path / "data",
+                        ssl_extra=f"cacertfile = \"{pki.ca_pem}\"\nverify = \"verify_peer\"\n"
+                                  f"enable_crl_check = true\ncrlfile = [\"{crl}\"]\n")
+    node = FakeNode(config, [FakeGateway(config), FakeGateway(config)])
+    status = default_status()  # the registry of this process (= of both fake workers)
+    entry = status.crl("unit-test://crl", kind="file")
+    entry.cached, entry.this_update, entry.fetches = True, time.time() - 30, 2
+    entry.last_success = time.time()
+    try:
+        async with TestClient(TestServer(make_app(node, NodeBans(node),
+                                                  TokenSource(node)))) as c:
+            r = await c.get("/api/v1/certificates", headers={"Authorization": f"Bearer {TOKEN}"})
+            rev = (await r.json())["revocation"]
+            assert rev["configured"] is True and rev["errors"] == []
+            (held,) = [x for x in rev["crls"] if x["source"] == "unit-test://crl"]
+            assert held["cached"] is True and 29 < held["age_seconds"] < 60
+            text = await (await c.get("/metrics")).text()
+            fams = {f.name: f for f in text_string_to_metric_families(text)}
+            assert any(s.labels == {"source": "unit-test://crl"} and s.value == 1
+                       for s in fams["tlsgate_crl_held"].samples)
+    finally:
+        status.drop_crl("unit-test://crl")
+
+
+def test_merge_revocation_prefers_the_worker_that_holds_a_fresh_staple() -> None:
+    from tlsgate.admin.api import merge_revocation
+
+    a = {"generated_at": "2030-01-01T00:00:00Z",
+         "ocsp_staples": [{"name": "l", "stapled": False, "last_success": None}],
+         "crls": [{"source": "u", "cached": True, "last_success": "2030-01-01T00:00:00Z"}],
+         "client_ocsp": {"checks": 2, "last_error": None}}
+    b = {"generated_at": "2030-01-01T00:00:05Z",
+         "ocsp_staples": [{"name": "l", "stapled": True, "last_success": "2029-12-31T00:00:00Z"}],
+         "crls": [{"source": "u", "cached": True, "last_success": "2030-01-01T00:00:04Z"}],
+         "client_ocsp": {"checks": 3, "last_error": "timeout"}}
+    m = merge_revocation([a, b])
+    assert m["generated_at"] == "2030-01-01T00:00:05Z"
+    assert m["ocsp_staples"] == b["ocsp_staples"] and m["crls"] == b["crls"]
+    assert m["client_ocsp"] == {"checks": 5, "last_error": "timeout"}
 
 
 # ------------------------------------------------------------------------------------ PSK

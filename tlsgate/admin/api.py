@@ -3,7 +3,8 @@
 The app talks to the node process through a small surface (:class:`AdminNode`): its config,
 its workers, ``ask_workers`` (fan-out of control operations, see
 ``tlsgate.server.admin_ops``), ``reload()``, and optional features the node may carry --
-``node.psk`` (TLS-PSK table), ``node.revocation_status`` (OCSP/CRL state), ``node.cluster``.
+``node.psk`` (TLS-PSK table), ``node.revocation_status`` (OCSP/CRL state; without it the
+workers' own registries are merged), ``node.cluster``.
 Unit tests drive the same app with a fake node; e2e tests with the real one.
 
 Authentication: every ``/api/v1`` path except ``openapi.json`` needs ``Authorization: Bearer
@@ -261,10 +262,56 @@ def _cert_status(days_left: float) -> str:
     return "ok"
 
 
+def revocation_configured(config: Config) -> bool:
+    """Does any listener staple OCSP, check CRLs or check client certificates by OCSP?"""
+    for lst in config.listeners.ssl.values():
+        o = lst.ssl_options
+        if lst.enable and (o.enable_crl_check or o.ocsp.enable_ocsp_stapling
+                           or o.ocsp.check_client):
+            return True
+    return False
+
+
+def _fresher(a: dict[str, Any], b: dict[str, Any], held: str) -> dict[str, Any]:
+    """Of two workers' entries for the same staple/CRL: the one that holds something, then
+    the one that succeeded last (ISO 8601 UTC strings compare in time order)."""
+    ka = (bool(a.get(held)), a.get("last_success") or "")
+    kb = (bool(b.get(held)), b.get("last_success") or "")
+    return b if kb > ka else a
+
+
+def merge_revocation(snaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One view of the workers' revocation snapshots (tlsgate.tls.revocation_status)."""
+    staples: dict[str, dict[str, Any]] = {}
+    crls: dict[str, dict[str, Any]] = {}
+    client: dict[str, Any] = {}
+    generated = ""
+    for snap in snaps:
+        generated = max(generated, str(snap.get("generated_at") or ""))
+        for st in snap.get("ocsp_staples") or []:
+            key = str(st.get("name"))
+            staples[key] = _fresher(staples[key], st, "stapled") if key in staples else st
+        for c in snap.get("crls") or []:
+            key = str(c.get("source"))
+            crls[key] = _fresher(crls[key], c, "cached") if key in crls else c
+        for k, v in (snap.get("client_ocsp") or {}).items():
+            if isinstance(v, int) and not isinstance(v, bool):
+                client[k] = client.get(k, 0) + v
+            elif k not in client or v is not None:
+                client[k] = v
+    return {"generated_at": generated or None,
+            "ocsp_staples": [staples[k] for k in sorted(staples)],
+            "crls": [crls[k] for k in sorted(crls)], "client_ocsp": client}
+
+
 async def _revocation(node: Any) -> dict[str, Any]:
     fn = getattr(node, "revocation_status", None)
     if not callable(fn):
-        return {"configured": False, "message": "OCSP stapling / CRL status: not configured"}
+        if not revocation_configured(node.config):
+            return {"configured": False,
+                    "message": "OCSP stapling / CRL status: not configured"}
+        ok, errors = await _ask(node, "revocation")
+        return {"configured": True, **merge_revocation([r for _i, r in ok]), "errors": errors}
     try:
         doc = await _maybe_await(fn())
     except Exception as exc:

@@ -196,15 +196,19 @@ def handlers(gw_of: Callable[[], Gateway | None]) -> dict[str, Handler]:
         out = []
         for label, run in g.listeners.items():
             ctx = run.rt.context
-            chains_of = getattr(ctx, "all_chains", None)
-            chains = chains_of() if chains_of is not None else {}
-            out.append({
-                "listener": label, "bind": run.rt.cfg.bind,
-                "certfile": getattr(ctx, "certfile", None),
-                "chains": [{"server_name": sni or None,
-                            "certificates": [describe_cert(c, now) for c in chain]}
-                           for sni, chain in chains.items()],
-            })
+            chains: list[dict[str, Any]] = []
+            if hasattr(ctx, "enc_chain"):  # 国密: the signing and the encryption certificate
+                for role, attr in (("sign", "chain"), ("encryption", "enc_chain")):
+                    chain = getattr(ctx, attr, None) or []
+                    if chain:
+                        chains.append({"server_name": None, "role": role,
+                                       "certificates": [describe_cert(c, now) for c in chain]})
+            elif hasattr(ctx, "all_chains"):  # TLS: the default chain and one per SNI entry
+                chains = [{"server_name": sni or None, "role": None,
+                           "certificates": [describe_cert(c, now) for c in chain]}
+                          for sni, chain in ctx.all_chains().items()]
+            out.append({"listener": label, "bind": run.rt.cfg.bind,
+                        "certfile": getattr(ctx, "certfile", None), "chains": chains})
         return out
 
     async def conn_query(args: dict[str, Any]) -> Any:
@@ -224,5 +228,11 @@ def handlers(gw_of: Callable[[], Gateway | None]) -> dict[str, Handler]:
             log.info("closed %d live connection(s) named by a ban", len(cut))
         return {"bans": len(bans.bans), "closed": cut}
 
+    async def revocation(args: dict[str, Any]) -> Any:
+        """This worker's OCSP staple / CRL / client OCSP state (tlsgate.tls.revocation_status)."""
+        from ..tls.revocation_status import default_status
+
+        return default_status().snapshot()
+
     return {"stats": stats, "certificates": certificates, "conn_query": conn_query,
-            "bans_set": bans_set}
+            "bans_set": bans_set, "revocation": revocation}

@@ -157,7 +157,7 @@ function renderCertificates(doc) {
   fill("certificates", rows, (tr, r) => {
     tr.className = "cert-" + r.c.status;
     cell(tr, r.l.listener);
-    cell(tr, r.ch.server_name || "(default)");
+    cell(tr, r.ch.role ? "(" + r.ch.role + ")" : (r.ch.server_name || "(default)"));
     cell(tr, r.i === 0 ? "leaf" : "chain " + r.i);
     cell(tr, r.c.subject);
     cell(tr, r.c.not_after);
