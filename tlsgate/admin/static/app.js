@@ -252,7 +252,8 @@ async function refresh() {
       showLogin(token() ? "That token was refused." : "");
       return;
     }
-    say("cannot reach tlsgate: " + e.message, true);
+    if ($("main").hidden) showLogin("cannot reach tlsgate: " + e.message);
+    else say("cannot reach tlsgate: " + e.message, true);
   }
 }
 
