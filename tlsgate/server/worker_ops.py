@@ -38,7 +38,7 @@ def handlers(gw_of: Callable[[], Gateway | None]) -> dict[str, Handler]:
 
     ops: dict[str, Handler] = {"connections": connections, "connection": connection,
                                "kick": kick}
-    # admin API: stats, certificates, conn_query, bans_set (tlsgate/server/admin_ops.py)
+    # admin API: stats, certificates, conn_query, bans_set, revocation (server/admin_ops.py)
     from . import admin_ops
     ops.update(admin_ops.handlers(gw_of))
     return ops
