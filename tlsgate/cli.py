@@ -84,6 +84,9 @@ def _attach_optional() -> None:
     except ImportError:  # pragma: no cover - always present in a full install
         return
     cli.add_command(certs)
+    from .ctl import ctl  # admin API client (tlsgate/ctl.py)
+
+    cli.add_command(ctl)
 
 
 _attach_optional()

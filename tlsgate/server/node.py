@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,8 @@ class Node:
         self.worker_requests: dict[str, Any] = {"http_fetch": self.fetcher.handle}
         #: Per-node services with async start()/stop() (admin API, cluster, fetchers).
         self.services: list[Any] = []
+        #: Called after a worker (re)started, to push node state to it (bans, ...).
+        self.on_worker_started: list[Callable[[WorkerHandle], Awaitable[None]]] = []
         self._make_services()
 
     def _make_services(self) -> None:
@@ -81,6 +84,9 @@ class Node:
                 log.warning("the admin API is not part of this build; [dashboard] ignored")
             else:
                 self.services.append(service(self))
+        from .watch import FileWatcher  # node.reload_on_change (idles while off)
+
+        self.services.append(FileWatcher(self))
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -93,8 +99,12 @@ class Node:
         if errors:
             await self.stop()
             raise StartError(str(errors[0]))
-        for svc in self.services:
-            await svc.start()
+        try:
+            for svc in self.services:
+                await svc.start()  # e.g. the admin API: ConfigError naming dashboard.listen
+        except BaseException:
+            await self.stop()
+            raise
         binds = [f"{label} on {lst.bind}" for label, lst in self._enabled(self.config)]
         log.info("tlsgate node %s ready: %s (%d worker%s)", self.config.node.name,
                  ", ".join(binds), n, "" if n == 1 else "s")
@@ -152,6 +162,11 @@ class Node:
             await h.proc.wait()
             raise StartError(f"worker {index} failed to start: {exc}") from None
         h.started = time.monotonic()
+        for cb in list(self.on_worker_started):
+            try:
+                await cb(h)
+            except Exception:  # a state push must not fail the worker's start
+                log.exception("pushing node state to worker %d failed", index)
         sup = loop.create_task(self._supervise(h), name=f"supervise worker {index}")
         self._supervisors.add(sup)
         sup.add_done_callback(self._supervisors.discard)

@@ -36,4 +36,9 @@ def handlers(gw_of: Callable[[], Gateway | None]) -> dict[str, Handler]:
     async def kick(args: dict[str, Any]) -> Any:
         return gw().registry.kick(str(args["id"]), str(args.get("reason") or "kicked by operator"))
 
-    return {"connections": connections, "connection": connection, "kick": kick}
+    ops: dict[str, Handler] = {"connections": connections, "connection": connection,
+                               "kick": kick}
+    # admin API: stats, certificates, conn_query, bans_set, revocation (server/admin_ops.py)
+    from . import admin_ops
+    ops.update(admin_ops.handlers(gw_of))
+    return ops
