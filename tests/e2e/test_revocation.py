@@ -219,7 +219,7 @@ def test_revoked_client_gets_alert_44_and_a_good_one_connects(
 @pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
 def test_revoked_with_the_crl_already_cached(version: str, world: World, broker: Mosquitto,
                                              make_gate: GateFactory) -> None:
-    port, g = _crl_gate(world, broker, make_gate)
+    port, _g = _crl_gate(world, broker, make_gate)
     # a good client first: the CRLs are fetched and cached
     assert mosquitto_pub(port, "t/crl", "x", *tls_args(world.ca_pem, world.good.cert,
                                                         world.good.key)).returncode == 0
@@ -258,7 +258,7 @@ def test_crl_server_down_with_nothing_cached_fails_closed_or_soft(
                                                          world.good.key))
         assert r.returncode != 0
         g.wait_log(r"no CRL obtainable")
-        port2, g2 = _crl_gate(world, broker, make_gate, ssl_extra="crl_soft_fail = true\n")
+        port2, _g2 = _crl_gate(world, broker, make_gate, ssl_extra="crl_soft_fail = true\n")
         r = mosquitto_pub(port2, "t/crl", "x", *tls_args(world.ca_pem, world.good.cert,
                                                           world.good.key))
         assert r.returncode == 0, r.stderr
@@ -293,7 +293,7 @@ def test_local_crlfile(world: World, broker: Mosquitto, make_gate: GateFactory,
     rootcrl.write_bytes(crl_pem(world.root.crl([])))
     world.lt.run(world.crls.stop())  # only the files can answer
     try:
-        port, g = _crl_gate(world, broker, make_gate,
+        port, _g = _crl_gate(world, broker, make_gate,
                             ssl_extra=f"crlfile = [\"{crlfile}\", \"{rootcrl}\"]\n")
         ok = mosquitto_pub(port, "t/crl", "x", *tls_args(world.ca_pem, world.good.cert,
                                                           world.good.key))
