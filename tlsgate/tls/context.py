@@ -240,10 +240,10 @@ def _load_identity(ctx: SSL.Context, certfile: str, keyfile: str, password: Secr
                                       f"{certfile} (leaf first, then the chain)")
         return chain
     try:
-        ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
+        ctx.use_certificate(chain[0])
         for extra in chain[1:]:
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(key)
         ctx.check_privatekey()
     except SSL.Error as exc:
         c.add(f"{key_prefix}certfile", f"OpenSSL refused the certificate/key: {exc}")
