@@ -25,6 +25,15 @@ from .types import Cidr, Duration, HostPort, SecretStr, Size, StrList
 TlsVersion = Literal["tlsv1.3", "tlsv1.2"]
 Verify = Literal["verify_none", "verify_peer"]
 IdentitySource = Literal["disabled", "cn", "dn", "crt", "pem", "md5"]
+GmProtocol = Literal["tlcp", "tlsv1.3"]
+
+
+def _default_versions() -> list[TlsVersion]:
+    return ["tlsv1.3", "tlsv1.2"]
+
+
+def _default_gm_protocols() -> list[GmProtocol]:
+    return ["tlcp", "tlsv1.3"]
 
 
 class Section(BaseModel):
@@ -145,7 +154,7 @@ class ServerSslOptions(Section):
     fail_if_no_peer_cert: bool = Field(False, description="Refuse clients without a certificate "
                                                           "(needs verify_peer).")
     depth: int = Field(10, ge=0, le=100, description="Maximum client chain depth (intermediates).")
-    versions: list[TlsVersion] = Field(default_factory=lambda: ["tlsv1.3", "tlsv1.2"],
+    versions: list[TlsVersion] = Field(default_factory=_default_versions,
                                        min_length=1, description="TLS versions offered.")
     ciphers: StrList = Field(default_factory=list,
                              description="OpenSSL suite names, TLS 1.2 (`ECDHE-...`, `PSK-...`) "
@@ -212,7 +221,7 @@ class ClientSslOptions(Section):
                                                         "server's certificate; empty = the "
                                                         "host of the address/URL; `disable` = "
                                                         "no SNI and no host name check.")
-    versions: list[TlsVersion] = Field(default_factory=lambda: ["tlsv1.3", "tlsv1.2"],
+    versions: list[TlsVersion] = Field(default_factory=_default_versions,
                                        min_length=1, description="TLS versions offered.")
     ciphers: StrList = Field(default_factory=list, description="OpenSSL suite names; empty = "
                                                                "defaults.")
@@ -278,9 +287,6 @@ class SslListener(ListenerBase):
         return self
 
 
-GmProtocol = Literal["tlcp", "tlsv1.3"]
-
-
 class GmSslOptions(Section):
     sign_certfile: str = Field(description="SM2 signing certificate (PEM, leaf first).")
     sign_keyfile: str = Field(description="SM2 signing key (PEM).")
@@ -294,7 +300,7 @@ class GmSslOptions(Section):
     fail_if_no_peer_cert: bool = Field(False, description="Refuse clients without a "
                                                           "certificate.")
     depth: int = Field(10, ge=0, le=100, description="Maximum client chain depth.")
-    protocols: list[GmProtocol] = Field(default_factory=lambda: ["tlcp", "tlsv1.3"],
+    protocols: list[GmProtocol] = Field(default_factory=_default_gm_protocols,
                                         min_length=1, description="TLCP (GB/T 38636-2020) and/or "
                                                                   "TLS 1.3 with RFC 8998 suites.")
     ciphers: StrList = Field(default_factory=list,

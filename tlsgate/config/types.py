@@ -19,7 +19,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, 
 
 
 def parse_duration(value: Any) -> float:
-    """``"15s"``, ``"5m"``, ``"500ms"``, ``"1h"``, ``"2d"`` or a bare number of seconds -> seconds."""
+    """``"15s"``, ``"5m"``, ``"500ms"``, ``"1h"``, ``"2d"`` or a number of seconds -> seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as \"15s\" or \"5m\"")
     if isinstance(value, int | float):
@@ -30,7 +30,8 @@ def parse_duration(value: Any) -> float:
         m = _DURATION_RE.match(value)
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError(f"{value!r} is not a duration; write e.g. \"15s\", \"5m\", \"500ms\" or \"1h\"")
+    raise ValueError(f"{value!r} is not a duration; write e.g. \"15s\", \"5m\", \"500ms\", "
+                     "\"1h\"")
 
 
 def format_duration(seconds: float) -> str:
@@ -63,15 +64,14 @@ def parse_size(value: Any) -> int:
 
 
 def parse_hostport(value: Any) -> str:
-    """Check ``host:port`` / ``[v6]:port`` / ``port`` (meaning 0.0.0.0:port); return ``host:port``."""
+    """Check ``host:port`` / ``[v6]:port`` / ``port`` (= 0.0.0.0:port); return ``host:port``."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = f"0.0.0.0:{value}"
     if not isinstance(value, str):
         raise ValueError("expected \"host:port\"")
-    if value.isdigit():
-        value = f"0.0.0.0:{value}"
-    split_hostport(value)
-    return value
+    text: str = f"0.0.0.0:{value}" if value.isdigit() else value
+    split_hostport(text)
+    return text
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -118,7 +118,8 @@ class Secret(str):
         """The real value. ``file://path`` secrets are read from the file (first line)."""
         s = str.__str__(self)
         if s.startswith("file://"):
-            return Path(s[len("file://"):]).read_text().splitlines()[0] if s else ""
+            lines = Path(s[len("file://"):]).read_text().splitlines()
+            return lines[0] if lines else ""
         return s
 
 

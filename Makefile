@@ -1,0 +1,34 @@
+# tlsgate — the two commands that matter: `make run` and `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck check venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,demo]'
+	touch $(STAMP)
+
+## run: start tlsgate with the embedded demo config (dev certs + embedded broker)
+run: venv
+	$(VENV)/bin/tlsgate serve
+
+## test: the whole test suite (needs mosquitto, mosquitto-clients, openssl: see .ci/run)
+test: venv
+	$(PY) -m pytest -q -ra
+
+lint: venv
+	$(VENV)/bin/ruff check tlsgate tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+check: lint typecheck
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

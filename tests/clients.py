@@ -1,0 +1,128 @@
+"""Real MQTT/TLS clients for tests: mosquitto_pub/sub, openssl s_client, paho-mqtt."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+
+def need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (.ci/run installs it)")
+
+
+def tls_args(ca: Path, cert: Path | None = None, key: Path | None = None) -> list[str]:
+    args = ["--cafile", str(ca)]
+    if cert is not None and key is not None:
+        args += ["--cert", str(cert), "--key", str(key)]
+    return args
+
+
+def mosquitto_pub(port: int, topic: str, message: str, *extra: str,
+                  timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+    need("mosquitto_pub")
+    return subprocess.run(["mosquitto_pub", "-h", "localhost", "-p", str(port), "-t", topic,
+                           "-m", message, *extra], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class Sub:
+    """mosquitto_sub in the background; ``wait(n)`` returns the first n lines."""
+
+    def __init__(self, port: int, topic: str, *extra: str, count: int = 1,
+                 wait_s: float = 10.0) -> None:
+        need("mosquitto_sub")
+        self.proc = subprocess.Popen(
+            ["mosquitto_sub", "-h", "localhost", "-p", str(port), "-t", topic, "-v",
+             "-C", str(count), "-W", str(int(wait_s)), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait(self, timeout: float = 15.0) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+
+def s_client(port: int, *args: str, data: bytes = b"", hold: float = 1.0,
+             timeout: float = 15.0) -> subprocess.CompletedProcess[bytes]:
+    """`openssl s_client` against 127.0.0.1:port; stdout+stderr in .stdout.
+
+    stdin stays open ``hold`` seconds after ``data`` so that s_client reads what the server
+    answers (a TLS 1.3 server's alert about the client certificate comes after the client's
+    Finished; with stdin closed at once, s_client would quit before reading it).
+    """
+    need("openssl")
+    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        proc.stdin.flush()
+    except BrokenPipeError:
+        pass
+    deadline = time.monotonic() + hold
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    out, _ = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, b"")
+
+
+@dataclass
+class PahoResult:
+    rc: Any = None
+    reason: Any = None
+    connected: threading.Event = field(default_factory=threading.Event)
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def paho_client(port: int, ca: Path, *, cert: Path | None = None, key: Path | None = None,
+                client_id: str = "", protocol: int = mqtt.MQTTv311,
+                username: str | None = None, password: str | None = None,
+                tls_version: int | None = None) -> tuple[mqtt.Client, PahoResult]:
+    """A paho-mqtt client over TLS, connected (or refused) when this returns."""
+    res = PahoResult()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert is not None and key is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    if tls_version is not None:
+        ctx.minimum_version = ctx.maximum_version = tls_version  # type: ignore[assignment]
+    c.tls_set_context(ctx)
+    if username is not None:
+        c.username_pw_set(username, password)
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+        res.rc = rc
+        res.connected.set()
+
+    def on_disconnect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+        res.reason = rc
+        res.disconnected.set()
+        res.connected.set()
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        res.messages.append((msg.topic, msg.payload))
+
+    c.on_connect = on_connect
+    c.on_disconnect = on_disconnect
+    c.on_message = on_message
+    c.connect("localhost", port, keepalive=30)
+    c.loop_start()
+    res.connected.wait(10)
+    return c, res
+
+
+def connack_code(rc: Any) -> int:
+    """paho's ReasonCode (v5) or int (v3) -> the number on the wire."""
+    value = getattr(rc, "value", rc)
+    return int(value)

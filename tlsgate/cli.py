@@ -1,0 +1,93 @@
+"""The command line: thin wrappers from flags to Config to the server or a tool."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import Config, ConfigError, load, load_default
+from .config.load import default_text
+
+DEV_CERTS = Path("var/dev-certs")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tlsgate")
+def cli() -> None:
+    """tlsgate: a TLS-terminating reverse proxy for MQTT."""
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load(path) if path else load_default()
+    except ConfigError as exc:
+        click.echo(exc.render(), err=True)
+        sys.exit(2)
+
+
+def ensure_dev_certs() -> None:
+    """Generate the demo's development PKI under var/dev-certs on first use."""
+    if (DEV_CERTS / "server.pem").exists():
+        return
+    from .tls.certs import init_dir
+
+    init_dir(DEV_CERTS, hosts=["localhost", "127.0.0.1"], clients=["client"])
+    click.echo(f"generated development certificates in {DEV_CERTS}/ (CA: {DEV_CERTS}/ca.pem)",
+               err=True)
+
+
+@cli.command()
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False),
+              help="Config file (TOML). Without it: the embedded demo configuration.")
+def serve(path: str | None) -> None:
+    """Run the gateway."""
+    from .server.run import serve as run
+
+    if path is None:
+        ensure_dev_certs()
+        click.echo(
+            "DEMO mode (no -c): embedded amqtt broker on 127.0.0.1:11883, one-way TLS on "
+            "127.0.0.1:8883, mutual TLS on 127.0.0.1:8884. Try:\n"
+            f"  mosquitto_sub -h localhost -p 8883 --cafile {DEV_CERTS}/ca.pem -t demo/# -v &\n"
+            f"  mosquitto_pub -h localhost -p 8883 --cafile {DEV_CERTS}/ca.pem -t demo/hello "
+            "-m 'hello through tlsgate'\n"
+            f"  mosquitto_pub -h localhost -p 8884 --cafile {DEV_CERTS}/ca.pem "
+            f"--cert {DEV_CERTS}/client.pem --key {DEV_CERTS}/client.key -t demo/mtls -m hi",
+            err=True)
+    config = _load(path)
+    text = Path(path).read_text(encoding="utf-8") if path else default_text()
+    sys.exit(run(config, path, text))
+
+
+@cli.command("check-config")
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False),
+              help="Config file (TOML).")
+def check_config(path: str) -> None:
+    """Load a config file and everything it names (certificates, keys, CAs); list problems."""
+    from .config.check import check
+
+    problems = check(path)
+    if problems:
+        click.echo(f"{path}: {len(problems)} problem(s)", err=True)
+        for p in problems:
+            click.echo(f"  {path}: {p}", err=True)
+        sys.exit(2)
+    click.echo(f"{path}: OK")
+
+
+def _attach_optional() -> None:
+    try:
+        from .certs_cli import certs
+    except ImportError:  # pragma: no cover - always present in a full install
+        return
+    cli.add_command(certs)
+
+
+_attach_optional()
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,553 @@
+"""One client connection from accept to close: PROXY header -> TLS handshake -> CONNECT gate ->
+admission -> broker dial -> relay.
+
+:class:`ClientGate` is the client socket's protocol until the client is admitted; then the
+socket's protocol is switched (``transport.set_protocol``) to the relay's
+:class:`~tlsgate.gateway.relay.ClientSide`, so the hot path carries none of the state checks
+below. The gate object stays the connection's owner: every end (EOF, half-close, error, kick,
+shutdown) goes through it, and it writes the access log line exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ..mqtt import (
+    KEEP,
+    Connect,
+    ProtocolError,
+    ProxyProtocolError,
+    Refusal,
+    TlsInfo,
+    connack_for,
+    encode_v1,
+    encode_v2,
+    parse_connect,
+    parse_proxy_header,
+    rewrite_connect,
+)
+from ..tls.engine import IN_VIEW, INBUF, HandshakeError, TlsError
+from ..tls.identity import common_name, identity_from_cert, subject_string
+from .listener import ListenerRuntime
+from .record import ConnRecord
+from .relay import ClientSide, Relay, UpstreamSide
+
+log = logging.getLogger("tlsgate.gateway")
+access_log = logging.getLogger("tlsgate.access")
+
+# Phases before the relay takes over.
+_PROXY, _HANDSHAKE, _POST_HS, _CONNECT, _ADMIT, _RELAY, _CLOSED = range(7)
+
+#: After one side has closed its sending direction, how long the other may keep the
+#: connection half-open before it is closed.
+HALF_CLOSE_TIMEOUT = 30.0
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class ClientGate(asyncio.BufferedProtocol):
+    def __init__(self, lst: ListenerRuntime) -> None:
+        self.lst = lst
+        self.ctx = lst.context
+        self.phase = _HANDSHAKE
+        self.transport: asyncio.Transport | None = None
+        self.sess: Any = None  # ServerSession or GmSession (same interface)
+        self.rec: ConnRecord | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.pending = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.over_limit: Refusal | None = None
+        self.upstream_transport: asyncio.Transport | None = None
+        self.relay: Relay | None = None
+        self.client_done = False
+        self.upstream_done = False
+        self.t0 = 0.0
+        self.peer_cert: Any = None
+        self.proxied_src: tuple[str, int] | None = None
+        self.proxied_dst: tuple[str, int] | None = None
+
+    # ---------------------------------------------------------------------- accept
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = t
+        lst = self.lst
+        peer = t.get_extra_info("peername") or ("?", 0)
+        rec = self.rec = ConnRecord(lst.label, (str(peer[0]), int(peer[1])))
+        rec.conn = self
+        lst.stats.accepted += 1
+        self.t0 = time.monotonic()
+        if lst.cfg.proxy_protocol:
+            if not lst.trusted_proxies.contains(rec.peer[0]):
+                self._drop("proxy_untrusted",
+                           f"PROXY header expected but {rec.peer[0]} is not in "
+                           "proxy_protocol_trusted")
+                return
+            self.phase = _PROXY
+            self.timer = asyncio.get_running_loop().call_later(
+                lst.cfg.proxy_protocol_timeout, self._timeout, "proxy_timeout",
+                "no complete PROXY header within proxy_protocol_timeout")
+            return
+        self._admit_tcp()
+
+    def _admit_tcp(self) -> None:
+        """Access rules and limits (before any TLS work), then start the handshake."""
+        lst, rec = self.lst, self.rec
+        assert rec is not None and self.transport is not None
+        if not lst.access.allows(rec.peer[0]):
+            self._drop("access_denied", "refused by access_rules")
+            return
+        lst.registry.add(rec)
+        lst.active += 1
+        if lst.active > lst.cfg.max_connections:
+            self.over_limit = Refusal.QUOTA_EXCEEDED
+        elif not lst.rate.allow():
+            self.over_limit = Refusal.RATE_EXCEEDED
+        self.phase = _HANDSHAKE
+        self.sess = self.ctx.new_session(self.transport.write)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(
+            lst.handshake_timeout, self._timeout, "handshake_timeout",
+            "TLS handshake not finished within handshake_timeout")
+
+    def _drop(self, refusal: str, reason: str) -> None:
+        """Refuse before TLS: just close (nothing the client could read)."""
+        self.lst.stats.refusals[refusal] += 1
+        assert self.rec is not None and self.transport is not None
+        self.rec.refusal = refusal
+        self.phase = _CLOSED
+        self.rec.close_reason = reason
+        self.transport.abort()
+        self._log_access()
+
+    # ---------------------------------------------------------------------- reads
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return IN_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        phase = self.phase
+        try:
+            if phase == _HANDSHAKE:
+                sess = self.sess
+                assert sess is not None
+                sess.feed_in(nbytes)
+                if sess.handshake():
+                    self._handshake_done()
+            elif phase in (_CONNECT, _ADMIT, _POST_HS):
+                assert self.sess is not None
+                data = self.sess.decrypt(nbytes)
+                if data:
+                    self.pending += data
+                if phase == _CONNECT:
+                    self._try_connect()
+                elif len(self.pending) > self.lst.mqtt.max_connect_size + 65536:
+                    # a client that floods before its CONNACK: stop reading (bounded memory)
+                    assert self.transport is not None
+                    self.transport.pause_reading()
+                if self.sess.peer_closed and self.phase != _CLOSED:
+                    self.close("client sent close_notify before it was admitted")
+            elif phase == _PROXY:
+                self.pending += INBUF[:nbytes]
+                self._try_proxy_header()
+        except HandshakeError as exc:
+            self._handshake_failed(exc.reason)
+        except TlsError as exc:
+            self.close("tls error: " + exc.reason)
+
+    def eof_received(self) -> bool | None:
+        if self.phase == _HANDSHAKE:
+            self._handshake_failed("client closed the connection mid-handshake")
+        elif self.phase != _CLOSED:
+            self.close("client closed before it was admitted")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.phase == _RELAY:
+            return  # the relay protocol reports its own losses
+        if self.phase == _HANDSHAKE:
+            self._handshake_failed("client closed the connection mid-handshake")
+        elif self.phase != _CLOSED:
+            self.close("client closed before it was admitted" if exc is None
+                       else f"client connection lost: {exc}")
+
+    # ---------------------------------------------------------------------- PROXY header
+    def _try_proxy_header(self) -> None:
+        try:
+            res = parse_proxy_header(bytes(self.pending))
+        except ProxyProtocolError as exc:
+            self._drop("proxy_header_invalid", f"bad PROXY header: {exc}")
+            return
+        if res is None:
+            return
+        hdr, used = res
+        rest = bytes(self.pending[used:])
+        self.pending.clear()
+        if hdr.src is not None and self.rec is not None:
+            self.proxied_src, self.proxied_dst = hdr.src, hdr.dst
+            self.rec.peer = (hdr.src[0], hdr.src[1])
+        self._admit_tcp()
+        if rest and self.phase == _HANDSHAKE and self.sess is not None:
+            self.sess.feed(rest)
+            try:
+                if self.sess.handshake():
+                    self._handshake_done()
+            except HandshakeError as exc:
+                self._handshake_failed(exc.reason)
+
+    # ---------------------------------------------------------------------- handshake
+    def _handshake_failed(self, reason: str) -> None:
+        if self.phase == _CLOSED:
+            return
+        st = self.lst.stats
+        st.handshakes["failed", "-"] += 1
+        st.handshake_failures[_failure_class(reason)] += 1
+        self.close("handshake failed: " + reason)
+
+    def _handshake_done(self) -> None:
+        sess, rec, lst = self.sess, self.rec, self.lst
+        assert sess is not None and rec is not None and self.timer is not None
+        self.timer.cancel()
+        elapsed = time.monotonic() - self.t0
+        rec.handshake_ms = round(elapsed * 1000, 3)
+        rec.tls_version = sess.version
+        rec.cipher = sess.cipher
+        rec.server_name = sess.server_name
+        alpn = sess.alpn
+        rec.alpn = alpn.decode("ascii", "replace") if alpn else None
+        rec.session_reused = sess.session_reused
+        st = lst.stats
+        st.handshakes["ok", rec.tls_version] += 1
+        if rec.cipher:
+            st.ciphers[rec.cipher] += 1
+        st.observe_handshake(elapsed)
+        if self.ctx.opts.verify == "verify_peer":
+            cert = sess.peer_certificate()
+            if cert is not None:
+                self.peer_cert = cert
+                rec.cert_subject = subject_string(cert)
+                rec.cert_cn = common_name(cert)
+        if lst.psk_identity_of is not None:
+            rec.psk_identity = lst.psk_identity_of(sess)
+        self.timer = asyncio.get_running_loop().call_later(
+            lst.mqtt.connect_timeout, self._timeout, "connect_timeout",
+            "no complete CONNECT within connect_timeout")
+        if lst.post_handshake:
+            self.phase = _POST_HS
+            self.task = asyncio.get_running_loop().create_task(
+                self._post_handshake(), name=f"post-handshake {rec.id}")
+            return
+        self.phase = _CONNECT
+        data = sess.read_plain()
+        if data:
+            self.pending += data
+            self._try_connect()
+
+    async def _post_handshake(self) -> None:
+        rec = self.rec
+        assert rec is not None
+        for check in self.lst.post_handshake:
+            reason = await check(rec, self)
+            if reason is not None:
+                self.lst.stats.handshake_failures[_failure_class(reason)] += 1
+                self.close(reason)
+                return
+        if self.phase != _POST_HS:
+            return
+        self.phase = _CONNECT
+        self.task = None
+        self._try_connect()
+
+    # ---------------------------------------------------------------------- CONNECT
+    def _try_connect(self) -> None:
+        if not self.pending:
+            return
+        try:
+            res = parse_connect(self.pending, self.lst.mqtt.max_connect_size)
+        except ProtocolError as exc:
+            self.refuse(exc.refusal, exc.protocol_level, "bad CONNECT: " + exc.message,
+                        "bad_connect")
+            return
+        if res is None:
+            return
+        connect, used = res
+        del self.pending[:used]
+        rec = self.rec
+        assert rec is not None and self.transport is not None
+        rec.mqtt_version = connect.protocol_level
+        rec.client_id = connect.client_id.decode("utf-8", "replace")
+        rec.username = (connect.username.decode("utf-8", "replace")
+                        if connect.username is not None else None)
+        if self.over_limit is not None:
+            which = "max_connections" if self.over_limit is Refusal.QUOTA_EXCEEDED \
+                else "max_conn_rate"
+            self.refuse(self.over_limit, connect.protocol_level, f"{which} reached", which)
+            return
+        self.phase = _ADMIT
+        self.transport.pause_reading()
+        self.task = asyncio.get_running_loop().create_task(
+            self._admit(connect), name=f"admit {rec.id}")
+
+    def _mapped_connect(self, connect: Connect) -> bytes:
+        """Apply peer_cert_as_username/clientid and psk_identity_as_username."""
+        mqtt, rec = self.lst.mqtt, self.rec
+        assert rec is not None
+        username: Any = KEEP
+        client_id: Any = KEEP
+        if self.peer_cert is not None:
+            der = None
+            if mqtt.peer_cert_as_username != "disabled":
+                der = _der(self.peer_cert)
+                value = identity_from_cert(der, mqtt.peer_cert_as_username)
+                if value is not None:
+                    username = value
+            if mqtt.peer_cert_as_clientid != "disabled":
+                der = der or _der(self.peer_cert)
+                value = identity_from_cert(der, mqtt.peer_cert_as_clientid)
+                if value is not None:
+                    client_id = value
+        if mqtt.psk_identity_as_username and rec.psk_identity is not None:
+            username = rec.psk_identity.encode()
+        if username is KEEP and client_id is KEEP:
+            return connect.raw
+        if username is not KEEP:
+            rec.username = username.decode("utf-8", "replace")
+        if client_id is not KEEP:
+            rec.client_id = client_id.decode("utf-8", "replace")
+        return rewrite_connect(connect, username=username, client_id=client_id)
+
+    async def _admit(self, connect: Connect) -> None:
+        rec, lst = self.rec, self.lst
+        assert rec is not None
+        try:
+            first = self._mapped_connect(connect)
+            for check in lst.admission:
+                verdict = await check(rec, connect)
+                if verdict is not None:
+                    refusal, why = verdict
+                    self.refuse(refusal, connect.protocol_level, why, refusal.name.lower())
+                    return
+            await self._dial(connect, first)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must cost one connection, never the process
+            log.exception("admitting connection %s failed", rec.id)
+            self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
+                        f"internal error: {exc}", "internal_error")
+        finally:
+            self.task = None
+
+    async def _dial(self, connect: Connect, first: bytes) -> None:
+        lst, rec, sess = self.lst, self.rec, self.sess
+        assert rec is not None and sess is not None and self.transport is not None
+        up = lst.upstream
+        host, port = _split_addr(up.address)
+        loop = asyncio.get_running_loop()
+        client_t = self.transport
+        tls = lst.upstream_tls
+        extra: dict[str, Any] = {}
+        if tls is not None:
+            # TLS towards the broker: uvloop's own TLS transport does it (the upstream side
+            # is one connection per client, not the hot path this module optimises).
+            extra = {"ssl": tls.context, "server_hostname": tls.server_hostname(host),
+                     "ssl_handshake_timeout": up.connect_timeout}
+        try:
+            transport, upstream = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamSide(self, sess, client_t), host, port,
+                                       **extra),
+                up.connect_timeout)
+        except (TimeoutError, OSError) as exc:
+            if isinstance(exc, TimeoutError):
+                what = "timed out"
+            elif isinstance(exc, ssl.SSLError):
+                detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+                what = f"TLS to the broker failed: {detail}"
+            else:
+                what = exc.strerror or str(exc)
+            self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
+                        f"broker {up.address} unreachable: {what}", "upstream_unavailable")
+            return
+        if self.phase != _ADMIT:  # the client went away while we dialled
+            transport.close()
+            return
+        self.upstream_transport = transport
+        header = self._proxy_header(transport)
+        if header:
+            transport.write(header)
+        transport.write(first)
+        if self.pending:
+            transport.write(bytes(self.pending))
+            self.pending = bytearray()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        client = ClientSide(self, sess, transport)
+        self.relay = Relay(client, upstream)
+        rec.relay = self.relay
+        self.phase = _RELAY
+        lst.stats.connections_total += 1
+        client_t.set_protocol(client)
+        client_t.resume_reading()
+
+    def _proxy_header(self, upstream_t: asyncio.Transport) -> bytes:
+        mode = self.lst.upstream.proxy_protocol
+        if mode == "none":
+            return b""
+        rec = self.rec
+        assert rec is not None and self.transport is not None
+        src = self.proxied_src or rec.peer
+        sockname = self.transport.get_extra_info("sockname")
+        dst = self.proxied_dst or (str(sockname[0]), int(sockname[1]))
+        if mode == "v1":
+            return encode_v1(src, dst)
+        tls = TlsInfo(version=rec.tls_version or "", cipher=rec.cipher or "",
+                      sni=rec.server_name,
+                      alpn=rec.alpn.encode() if rec.alpn else None,
+                      cn=rec.cert_cn, client_cert_present=self.peer_cert is not None,
+                      # peer_cert is only read under verify_peer, i.e. it was verified
+                      client_cert_verified=self.peer_cert is not None,
+                      session_reused=rec.session_reused)
+        return encode_v2(src, dst, tls)
+
+    # ---------------------------------------------------------------------- refusals, timeouts
+    def refuse(self, refusal: Refusal, level: int | None, reason: str, metric: str) -> None:
+        """Answer with a CONNACK for the client's MQTT version (if known), then close."""
+        if self.phase == _CLOSED:
+            return
+        rec = self.rec
+        assert rec is not None
+        self.lst.stats.refusals[metric] += 1
+        rec.refusal = metric
+        packet = connack_for(level, refusal, reason_string=reason if level == 5 else None)
+        if packet is not None and self.sess is not None and self.transport is not None:
+            with contextlib.suppress(TlsError):
+                self.transport.write(self.sess.encrypt(packet))
+        self.close(f"refused: {reason}")
+
+    def _timeout(self, metric: str, reason: str) -> None:
+        self.timer = None
+        if self.phase == _CLOSED or self.phase == _RELAY:
+            return
+        if metric == "handshake_timeout":
+            self.lst.stats.handshake_failures["timeout"] += 1
+        self.lst.stats.refusals[metric] += 1
+        assert self.rec is not None
+        self.rec.refusal = metric
+        self.close(reason)
+
+    # ---------------------------------------------------------------------- ends
+    def client_eof(self, reason: str) -> None:
+        """The client will send no more (close_notify or TCP FIN)."""
+        if self.client_done or self.phase == _CLOSED:
+            return
+        self.client_done = True
+        if self.upstream_done:
+            self.close(reason)
+            return
+        up = self.upstream_transport
+        if up is not None and up.can_write_eof():
+            up.write_eof()
+        self._half_close_timer(reason)
+
+    def upstream_eof(self) -> None:
+        """The broker will send no more: pass its close on as close_notify + FIN."""
+        if self.upstream_done or self.phase == _CLOSED:
+            return
+        self.upstream_done = True
+        if self.client_done:
+            self.close("broker closed")
+            return
+        if self.sess is not None:
+            self.sess.close_notify()
+        ct = self.transport
+        if ct is not None and ct.can_write_eof():
+            ct.write_eof()
+        self._half_close_timer("broker closed")
+
+    def _half_close_timer(self, reason: str) -> None:
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(
+                HALF_CLOSE_TIMEOUT, self.close, reason + " (half-close timed out)")
+
+    def client_lost(self, exc: Exception | None) -> None:
+        self.close("client closed" if exc is None else f"client connection lost: {exc}")
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.close("broker closed" if exc is None else f"broker connection lost: {exc}")
+
+    def close(self, reason: str) -> None:
+        """Close both sockets (flushing what is buffered, with close_notify) and log once."""
+        if self.phase == _CLOSED:
+            return
+        self.phase = _CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            self.task = None
+        if self.sess is not None and self.transport is not None and \
+                not self.transport.is_closing():
+            with contextlib.suppress(Exception):  # closing anyway
+                self.sess.close_notify()
+        if self.transport is not None:
+            self.transport.close()
+        if self.upstream_transport is not None:
+            self.upstream_transport.close()
+        self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        self.phase = _CLOSED
+        rec, lst = self.rec, self.lst
+        if rec is None or rec.closed_at is not None:
+            return
+        rec.close_reason = reason
+        rec.closed_at = time.time()
+        if self.relay is not None:
+            rec.bytes_in += self.relay.client.nbytes
+            rec.bytes_out += self.relay.upstream.nbytes
+            lst.stats.bytes_in += self.relay.client.nbytes
+            lst.stats.bytes_out += self.relay.upstream.nbytes
+            rec.relay = None
+            self.relay = None
+        if self.sess is not None:
+            lst.active -= 1
+            lst.registry.remove(rec)
+        rec.conn = None
+        self._log_access()
+
+    def _log_access(self) -> None:
+        rec = self.rec
+        assert rec is not None
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("connection closed", extra={"fields": rec.access_fields()})
+
+
+def _der(cert: Any) -> bytes:
+    return bytes(cert.public_bytes(Encoding.DER))
+
+
+def _failure_class(reason: str) -> str:
+    """A short label for the metrics: what kind of handshake failure this was."""
+    r = reason.lower()
+    for needle, label in (
+        ("did not speak tls", "not_tls"), ("plain http", "not_tls"),
+        ("no certificate", "no_client_cert"), ("sent no certificate", "no_client_cert"),
+        ("expired", "cert_expired"), ("revoked", "cert_revoked"),
+        ("unable to get local issuer", "unknown_ca"), ("unknown ca", "unknown_ca"),
+        ("self-signed", "unknown_ca"), ("verify failed", "bad_client_cert"),
+        ("tls versions", "protocol_version"), ("cipher", "no_shared_cipher"),
+        ("mid-handshake", "client_closed"), ("psk", "psk"), ("timeout", "timeout"),
+    ):
+        if needle in r:
+            return label
+    return "other"

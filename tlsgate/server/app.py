@@ -1,0 +1,263 @@
+"""The gateway of one worker process: its listeners, reload, graceful stop.
+
+Start-up order: build every listener's TLS context (all problems reported together, nothing
+bound yet), bind the sockets, then accept. A reload (:meth:`Gateway.apply_config`, driven by the
+node process on SIGHUP) rebuilds every context; if anything is wrong the old contexts keep
+serving and the result says why. Stop: close the listening sockets, let live connections drain
+for ``node.shutdown_timeout``, then close what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..auth import AuthConfigError, AuthRequest, HttpAuthenticator
+from ..config import Config, ConfigError, Problem
+from ..config.schema import ListenerBase
+from ..gateway.gate import ClientGate
+from ..gateway.listener import ListenerRuntime
+from ..gateway.record import ConnRecord
+from ..gateway.registry import Registry
+from ..mqtt import Connect, Refusal
+from ..tls.client_context import ClientTls, ClientTlsError, build_client_tls
+from ..tls.context import ContextError, ContextHook, build_server_context
+from .sockets import listening_socket
+
+log = logging.getLogger("tlsgate.server")
+
+
+@dataclass
+class _Running:
+    rt: ListenerRuntime
+    sock: socket.socket
+    server: asyncio.AbstractServer | None = None
+
+
+@dataclass
+class Built:
+    listeners: dict[str, tuple[ListenerBase, Any]]
+    upstream_tls: dict[str, ClientTls | None]
+    authenticator: HttpAuthenticator | None
+
+
+@dataclass
+class ReloadResult:
+    ok: bool
+    changes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "changes": self.changes, "problems": self.problems}
+
+
+class Gateway:
+    def __init__(self, config: Config, config_path: str | None, *, reuse_port: bool = False,
+                 sockets: dict[str, socket.socket] | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.reuse_port = reuse_port
+        self.registry = Registry()
+        self.listeners: dict[str, _Running] = {}
+        self.context_hooks: list[ContextHook] = []
+        self.on_listener: list[Callable[[ListenerRuntime], None]] = []
+        self.started_at = time.time()
+        self._inherited = sockets or {}
+        self._reload_lock = asyncio.Lock()
+        self.reloads = 0
+        self.last_reload: ReloadResult | None = None
+        self.upstream_tls: dict[str, ClientTls | None] = {}
+        self.authenticator: HttpAuthenticator | None = None
+        self._retired: list[HttpAuthenticator] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ building
+    def build(self, config: Config) -> Built:
+        """Everything a start (or reload) loads from files: every enabled listener's context
+        (TLS and 国密), each upstream's client TLS context, the authenticator. Raises
+        ConfigError listing all problems, each with its key."""
+        out: dict[str, tuple[ListenerBase, Any]] = {}
+        problems: list[Problem] = []
+        for name, lst in config.listeners.ssl.items():
+            if not lst.enable:
+                continue
+            key = f"listeners.ssl.{name}"
+            try:
+                out[f"ssl:{name}"] = (lst, build_server_context(lst.ssl_options, key,
+                                                                self.context_hooks))
+            except ContextError as exc:
+                problems.extend(exc.problems)
+        for name, glst in config.listeners.gm.items():
+            if not glst.enable:
+                continue
+            from ..tls.gm import build_gm_context  # loads Tongsuo only when a GM listener exists
+
+            try:
+                out[f"gm:{name}"] = (glst, build_gm_context(glst.ssl_options,
+                                                            f"listeners.gm.{name}"))
+            except ContextError as exc:
+                problems.extend(exc.problems)
+        upstream_tls: dict[str, ClientTls | None] = {}
+        for name, up in config.upstreams.items():
+            upstream_tls[name] = None
+            if up.ssl.enable:
+                try:
+                    upstream_tls[name] = build_client_tls(up.ssl, f"upstreams.{name}.ssl")
+                except ClientTlsError as exc:
+                    problems.append(Problem(exc.key, exc.message))
+        auth = None
+        if config.authentication is not None and config.authentication.enable:
+            try:
+                auth = HttpAuthenticator(config.authentication)
+            except (AuthConfigError, ClientTlsError) as exc:
+                problems.append(Problem(exc.key, exc.message))
+        if problems:
+            raise ConfigError(self.config_path or "<config>", problems)
+        return Built(out, upstream_tls, auth)
+
+    # ------------------------------------------------------------------ start
+    async def start(self) -> None:
+        built = self.build(self.config)
+        self.upstream_tls = built.upstream_tls
+        await self._set_authenticator(built.authenticator)
+        for label, (cfg, ctx) in built.listeners.items():
+            await self._start_listener(label, cfg, ctx)
+        log.info("tlsgate node %s ready: %s", self.config.node.name,
+                 ", ".join(f"{lb} on {r.rt.cfg.bind}" for lb, r in self.listeners.items()))
+
+    async def _set_authenticator(self, auth: HttpAuthenticator | None) -> None:
+        old, self.authenticator = self.authenticator, auth
+        if auth is not None:
+            await auth.start()
+        if old is not None:
+            # calls in flight finish on the old one; it closes once they are done
+            self._retired.append(old)
+            asyncio.get_running_loop().call_later(
+                self.config.authentication.request_timeout + 1.0
+                if self.config.authentication else 5.0,
+                lambda: self._spawn(old.close(), "close old authenticator"))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _auth_check(self, rec: ConnRecord, connect: Connect
+                          ) -> tuple[Refusal, str] | None:
+        auth = self.authenticator
+        if auth is None:
+            return None
+        res = await auth.authenticate(AuthRequest(
+            username=rec.username, password=connect.password, clientid=rec.client_id or "",
+            peerhost=rec.peer[0], peerport=rec.peer[1], cert_common_name=rec.cert_cn,
+            cert_subject=rec.cert_subject, psk_identity=rec.psk_identity))
+        if res.allowed:
+            return None
+        refusal = res.refusal or Refusal.NOT_AUTHORIZED
+        return refusal, f"authentication: {res.decision.value}" + \
+            (f" ({res.reason})" if res.reason else "")
+
+    def _install(self, rt: ListenerRuntime) -> None:
+        """Per-listener hooks of this gateway (run at start and after every reload)."""
+        rt.upstream_tls = self.upstream_tls.get(rt.cfg.upstream)
+        if self._auth_check not in rt.admission:
+            rt.admission.append(self._auth_check)
+        for hook in self.on_listener:
+            hook(rt)
+
+    async def _start_listener(self, label: str, cfg: ListenerBase, ctx: Any) -> None:
+        kind, name = label.split(":", 1)
+        rt = ListenerRuntime(kind, name, cfg, self.config.listener_mqtt(cfg.mqtt),
+                             self.config.upstreams[cfg.upstream], ctx, self.registry)
+        self._install(rt)
+        sock = self._inherited.pop(label, None)
+        if sock is None:
+            try:
+                sock = listening_socket(cfg.bind, cfg.backlog, self.reuse_port)
+            except OSError as exc:
+                raise ConfigError(self.config_path or "<config>", [Problem(
+                    f"listeners.{kind}.{name}.bind",
+                    f"cannot listen on {cfg.bind}: {exc.strerror or exc}")]) from None
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: ClientGate(rt), sock=sock,
+                                          backlog=cfg.backlog)
+        self.listeners[label] = _Running(rt, sock, server)
+
+    def bound_port(self, label: str) -> int:
+        return int(self.listeners[label].sock.getsockname()[1])
+
+    # ------------------------------------------------------------------ reload
+    async def apply_config(self, new_config: Config) -> ReloadResult:
+        """Switch to ``new_config`` (contexts rebuilt); on any problem keep the old one."""
+        async with self._reload_lock:
+            res = await self._apply(new_config)
+        self.reloads += 1
+        self.last_reload = res
+        return res
+
+    async def _apply(self, new_config: Config) -> ReloadResult:
+        try:
+            built = self.build(new_config)
+        except ConfigError as exc:
+            return ReloadResult(False, problems=[str(p) for p in exc.problems])
+        changes: list[str] = []
+        old_labels = set(self.listeners)
+        old_auth = self.config.authentication
+        self.config = new_config
+        self.upstream_tls = built.upstream_tls
+        if new_config.authentication != old_auth:
+            await self._set_authenticator(built.authenticator)
+            changes.append("authentication: new settings")
+        elif built.authenticator is not None:
+            await built.authenticator.close()  # unchanged: keep the warm one
+        for label, (cfg, ctx) in built.listeners.items():
+            run = self.listeners.get(label)
+            if run is not None and run.rt.cfg.bind == cfg.bind:
+                run.rt.apply(cfg, new_config.listener_mqtt(cfg.mqtt),
+                             new_config.upstreams[cfg.upstream], ctx)
+                self._install(run.rt)
+                changes.append(f"{label}: new TLS context")
+                continue
+            if run is not None:
+                await self._stop_listener(label)
+                changes.append(f"{label}: bind changed to {cfg.bind}")
+            else:
+                changes.append(f"{label}: started on {cfg.bind}")
+            try:
+                await self._start_listener(label, cfg, ctx)
+            except ConfigError as exc:
+                changes.append(f"{label}: NOT started: {exc.problems[0]}")
+        for label in old_labels - set(built.listeners):
+            await self._stop_listener(label)
+            changes.append(f"{label}: stopped (removed from the config; live connections stay)")
+        return ReloadResult(True, changes=changes)
+
+    async def _stop_listener(self, label: str) -> None:
+        run = self.listeners.pop(label)
+        if run.server is not None:
+            run.server.close()
+        run.sock.close()
+
+    # ------------------------------------------------------------------ stop
+    async def stop(self) -> None:
+        """Stop accepting, let connections drain, then close what is left."""
+        for label in list(self.listeners):
+            await self._stop_listener(label)
+        deadline = time.monotonic() + self.config.node.shutdown_timeout
+        if len(self.registry):
+            log.info("draining %d connection(s) for up to %.0fs", len(self.registry),
+                     self.config.node.shutdown_timeout)
+        while len(self.registry) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for rec in self.registry:
+            if rec.conn is not None:
+                rec.conn.close("tlsgate shutting down")
+        await asyncio.sleep(0)  # let transports flush their close
+        for auth in [self.authenticator, *self._retired]:
+            if auth is not None:
+                await auth.close()

@@ -1,0 +1,271 @@
+"""The TLS engine: OpenSSL over memory BIOs, with a fast path for the relay.
+
+Why it looks like this (measured, see DESIGN.md): pyOpenSSL's ``Connection.recv`` costs about
+three times what the same work costs through the cffi bindings it sits on — it raises an
+exception to end every read loop, allocates a fresh buffer per call and copies per record. So:
+
+* A session is created through pyOpenSSL (``SSL.Connection(ctx, None)`` makes the SSL object
+  and its two memory BIOs, and keeps pyOpenSSL's callbacks — SNI, ALPN, OCSP, verify — working),
+  and the raw ``SSL*``/``BIO*`` pointers are then driven directly through ``OpenSSL._util.lib``,
+  checking return codes instead of raising.
+* Every socket read of the process lands in one shared buffer (:data:`INBUF`, handed to
+  asyncio's ``BufferedProtocol.get_buffer``); ciphertext is fed from there with one
+  ``BIO_write``, and every record it completes is decrypted into one shared output buffer with
+  ``SSL_read`` calls, then forwarded with one ``write``. The event loop is single-threaded and
+  each callback finishes before the next read, so one pair of buffers serves all connections:
+  no per-connection buffers (memory per idle connection matters as much as CPU).
+* Output the record layer produces on its own (a TLS 1.3 KeyUpdate answer, session tickets,
+  alerts) is drained from the write BIO after each read batch and sent back at once.
+
+The pyOpenSSL internals used here (``Connection._ssl``, ``_into_ssl``, ``_from_ssl``) are
+private API; :func:`self_check` verifies them at start-up so a pyOpenSSL change fails loudly
+instead of misbehaving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+BUF_SIZE = 256 * 1024
+#: The shared receive buffer (every BufferedProtocol of the process reads into it).
+INBUF = bytearray(BUF_SIZE)
+IN_VIEW = memoryview(INBUF)
+_IN = _ffi.from_buffer(INBUF)
+
+# Plaintext from one read can't exceed the ciphertext fed (≤ BUF_SIZE) plus one partial record
+# left in the BIO from the previous read (< 17 KiB), so this never fills up; the same holds for
+# ciphertext produced from ≤ BUF_SIZE plaintext (≤ 16 records of overhead).
+_OUTCAP = BUF_SIZE + 64 * 1024
+_OUTBUF = bytearray(_OUTCAP)
+_OUT = _ffi.from_buffer(_OUTBUF)
+_OUT_MV = memoryview(_OUTBUF)
+
+_SSL_read = _lib.SSL_read
+_SSL_write = _lib.SSL_write
+_SSL_get_error = _lib.SSL_get_error
+_BIO_write = _lib.BIO_write
+_BIO_read = _lib.BIO_read
+_WANT_READ = _lib.SSL_ERROR_WANT_READ
+_WANT_WRITE = _lib.SSL_ERROR_WANT_WRITE
+_ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
+_WANT_LOOKUP = _lib.SSL_ERROR_WANT_X509_LOOKUP
+_X509_V_OK = 0
+
+
+class TlsError(Exception):
+    """A fatal TLS error on a connection; ``reason`` is meant for the access log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class HandshakeError(TlsError):
+    pass
+
+
+def _err_reasons() -> list[str]:
+    """Drain OpenSSL's error queue into short reason strings."""
+    out = []
+    while True:
+        code = _lib.ERR_get_error()
+        if not code:
+            break
+        r = _lib.ERR_reason_error_string(code)
+        out.append(_ffi.string(r).decode("ascii", "replace") if r != _ffi.NULL else hex(code))
+    return out
+
+
+# OpenSSL reason -> what the operator reads. Keys are OpenSSL's reason strings.
+HUMAN_REASONS = {
+    "http request": "client sent plain HTTP, not TLS",
+    "wrong version number": "client did not speak TLS (garbage or plain MQTT on the TLS port)",
+    "packet length too long": "client did not speak TLS (garbage or plain MQTT on the TLS port)",
+    "unsupported protocol": "client offered only TLS versions this listener does not allow",
+    "no shared cipher": "no cipher suite in common with the client",
+    "peer did not return a certificate": "client sent no certificate (fail_if_no_peer_cert)",
+    "certificate verify failed": "client certificate verify failed",
+    "tlsv1 alert unknown ca": "client rejected our certificate: unknown CA",
+    "sslv3 alert bad certificate": "client rejected our certificate: bad certificate",
+    "sslv3 alert certificate expired": "client rejected our certificate: expired",
+    "no renegotiation": "client attempted renegotiation (disabled)",
+    "unexpected eof while reading": "client closed the connection mid-handshake",
+    "decryption failed or bad record mac": "bad record MAC (corrupted or tampered data)",
+    "bad record mac": "bad record MAC (corrupted or tampered data)",
+}
+
+
+class ServerSession:
+    """One client's TLS state. Handshake-phase methods are plain; the relay uses
+    :meth:`decrypt` / :meth:`encrypt` (one call per socket read)."""
+
+    __slots__ = ("_rbio", "_ssl", "_wbio", "conn", "peer_closed", "send")
+
+    def __init__(self, ctx: SSL.Context, send: Callable[[bytes], Any]) -> None:
+        conn = SSL.Connection(ctx, None)
+        conn.set_accept_state()
+        self.conn = conn
+        self._ssl = conn._ssl
+        self._rbio = conn._into_ssl
+        self._wbio = conn._from_ssl
+        #: Sends ciphertext to the client (the client transport's ``write``).
+        self.send = send
+        #: The client sent close_notify.
+        self.peer_closed = False
+
+    # -- handshake phase ---------------------------------------------------------------------
+    def feed_in(self, n: int) -> None:
+        """Feed the first ``n`` bytes of :data:`INBUF` (ciphertext from the client)."""
+        _BIO_write(self._rbio, _IN, n)
+
+    def feed(self, data: bytes) -> None:
+        _BIO_write(self._rbio, data, len(data))
+
+    def handshake(self) -> bool:
+        """Advance the handshake; True once done. Output (incl. alerts) is sent through
+        ``send``. Raises :class:`HandshakeError` with the reason on failure."""
+        ssl = self._ssl
+        r = _lib.SSL_do_handshake(ssl)
+        if r == 1:
+            self.flush()
+            return True
+        err = _SSL_get_error(ssl, r)
+        if err in (_WANT_READ, _WANT_WRITE, _WANT_LOOKUP):
+            self.flush()
+            return False
+        reason = self._describe(err)
+        self.flush()  # the alert OpenSSL queued
+        raise HandshakeError(reason)
+
+    def _describe(self, err: int) -> str:
+        reasons = _err_reasons()
+        verify = _lib.SSL_get_verify_result(self._ssl)
+        if verify != _X509_V_OK and any("certificate verify failed" in r for r in reasons):
+            msg = _ffi.string(_lib.X509_verify_cert_error_string(verify)).decode()
+            return f"client certificate verify failed: {msg}"
+        if reasons:
+            first = reasons[0]
+            return HUMAN_REASONS.get(first, first)
+        if err == _lib.SSL_ERROR_SYSCALL:
+            return "client closed the connection mid-handshake"
+        return f"TLS error {err}"
+
+    def flush(self) -> None:
+        """Send whatever the record layer has queued."""
+        n = _BIO_read(self._wbio, _OUT, _OUTCAP)
+        while n > 0:
+            self.send(_OUT_MV[:n].tobytes())
+            n = _BIO_read(self._wbio, _OUT, _OUTCAP)
+
+    # -- after the handshake -----------------------------------------------------------------
+    def read_plain(self) -> bytes:
+        """Decrypt whatever is buffered (used by the CONNECT phase after feeding)."""
+        return self.decrypt(0)
+
+    def decrypt(self, n: int) -> bytes:
+        """Feed ``INBUF[:n]`` and return all plaintext it completes (b"" if none).
+
+        Sets :attr:`peer_closed` on close_notify; raises :class:`TlsError` on a fatal error
+        (after sending the alert). Anything the record layer wants to send back is sent.
+        """
+        ssl = self._ssl
+        if n:
+            _BIO_write(self._rbio, _IN, n)
+        r = _SSL_read(ssl, _OUT, _OUTCAP)
+        total = 0
+        while r > 0:
+            total += r
+            r = _SSL_read(ssl, _OUT + total, _OUTCAP - total)
+        err = _SSL_get_error(ssl, r)
+        data = _OUT_MV[:total].tobytes() if total else b""
+        if err != _WANT_READ:
+            if err == _ZERO_RETURN:
+                self.peer_closed = True
+            else:
+                reason = self._describe(err)
+                self.flush()
+                raise TlsError(reason)
+        o = _BIO_read(self._wbio, _OUT, _OUTCAP)
+        if o > 0:
+            self.send(_OUT_MV[:o].tobytes())
+            self.flush()
+        return data
+
+    def encrypt_in(self, n: int) -> bytes:
+        """Encrypt ``INBUF[:n]`` (plaintext from the broker); returns the ciphertext."""
+        if _SSL_write(self._ssl, _IN, n) <= 0:
+            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
+        o = _BIO_read(self._wbio, _OUT, _OUTCAP)
+        return _OUT_MV[:o].tobytes() if o > 0 else b""
+
+    def encrypt(self, data: bytes) -> bytes:
+        """Encrypt arbitrary plaintext (CONNACK refusals, buffered data)."""
+        if not data:
+            return b""
+        if _SSL_write(self._ssl, data, len(data)) <= 0:
+            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
+        chunks = []
+        o = _BIO_read(self._wbio, _OUT, _OUTCAP)
+        while o > 0:
+            chunks.append(_OUT_MV[:o].tobytes())
+            o = _BIO_read(self._wbio, _OUT, _OUTCAP)
+        return b"".join(chunks)
+
+    def close_notify(self) -> None:
+        """Queue and send our close_notify (idempotent; errors ignored: we're closing)."""
+        if not (_lib.SSL_get_shutdown(self._ssl) & _lib.SSL_SENT_SHUTDOWN):
+            _lib.SSL_shutdown(self._ssl)
+            _lib.ERR_clear_error()
+            self.flush()
+
+    # -- what the handshake established --------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return str(self.conn.get_protocol_version_name())
+
+    @property
+    def cipher(self) -> str | None:
+        c = self.conn.get_cipher_name()
+        return str(c) if c else None
+
+    @property
+    def server_name(self) -> str | None:
+        n = self.conn.get_servername()
+        return n.decode("ascii", "replace") if n else None
+
+    @property
+    def alpn(self) -> bytes | None:
+        a = self.conn.get_alpn_proto_negotiated()
+        return bytes(a) if a else None
+
+    @property
+    def session_reused(self) -> bool:
+        return bool(_lib.SSL_session_reused(self._ssl))
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        return self.conn.get_peer_certificate(as_cryptography=True)
+
+    def peer_chain(self) -> list[x509.Certificate]:
+        """The verified chain (leaf first) when the client sent a certificate."""
+        chain = self.conn.get_verified_chain(as_cryptography=True)
+        return list(chain) if chain else []
+
+
+def self_check() -> None:
+    """Fail loudly at start-up if the pyOpenSSL internals the fast path uses are gone."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    conn = SSL.Connection(ctx, None)
+    for attr in ("_ssl", "_into_ssl", "_from_ssl"):
+        if not hasattr(conn, attr):
+            raise RuntimeError(f"pyOpenSSL has no Connection.{attr}: this pyOpenSSL version is "
+                               "not supported by tlsgate's TLS engine (tlsgate/tls/engine.py)")
+    for fn in ("SSL_read", "SSL_write", "BIO_read", "BIO_write", "SSL_do_handshake",
+               "SSL_get_error", "SSL_shutdown", "SSL_get_shutdown"):
+        if not hasattr(_lib, fn):
+            raise RuntimeError(f"OpenSSL binding {fn} missing from pyOpenSSL's cffi module")
