@@ -38,10 +38,11 @@ the identity (``psk_identity_as_username`` could not be applied). The bindings c
 a ticket nor read a resumed session's identity, so:
 
 * TLS 1.3: the find-session callback sets ``SSL_OP_NO_TICKET`` on that connection, so its
-  ticket is a stateful one (a session id); tested with OpenSSL 4.0.3, with the server session
-  cache on and off, with ``s_client -sess_in`` and Python's ``session=``: such a ticket is not
-  resumed, the client does a full PSK handshake against the table (stateless tickets, without
-  the option, are resumed — which is why it is set).
+  ticket is a stateful one (a session id). With OpenSSL 4.0.3, session cache on or off, such
+  a ticket is not resumed and the client does a full PSK handshake against the table
+  (test_psk_session_not_resumable with ``s_client -sess_in``; also checked by hand with
+  Python 3.13's ``session=``). Stateless tickets, without the option, are resumed — the test
+  fails if the option is dropped.
 * TLS 1.2: the ticket is decided before the PSK is known. The server callback marks the new
   session's protocol version as TLS 1.1, and OpenSSL resumes only a session whose version
   equals the connection's, so every resumption attempt becomes a full handshake. As a
