@@ -12,8 +12,17 @@ def check(path: str) -> list[str]:
         return [str(p) for p in exc.problems]
     from ..server.app import Gateway
 
+    problems: list[str] = []
     try:
         Gateway(config, path).build(config)
     except ConfigError as exc:
-        return [str(p) for p in exc.problems]
-    return []
+        problems += [str(p) for p in exc.problems]
+    psk = config.psk_authentication
+    if psk.enable:
+        from ..psk_table import PskError, parse_psk_file
+
+        try:
+            parse_psk_file(psk.init_file, psk.separator, psk.format)
+        except (PskError, OSError) as exc:
+            problems.append(f"psk_authentication.init_file: {exc}")
+    return problems

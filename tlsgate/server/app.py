@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from OpenSSL import SSL
+
 from ..auth import AuthConfigError, AuthRequest, HttpAuthenticator
 from ..config import Config, ConfigError, Problem
 from ..config.schema import ListenerBase
@@ -25,8 +27,18 @@ from ..gateway.listener import ListenerRuntime
 from ..gateway.record import ConnRecord
 from ..gateway.registry import Registry
 from ..mqtt import Connect, Refusal
+from ..psk_table import PskTable, printable_identity
 from ..tls.client_context import ClientTls, ClientTlsError, build_client_tls
 from ..tls.context import ContextError, ContextHook, build_server_context
+from ..tls.engine import TlsError
+from ..tls.psk import (
+    PskResumed,
+    PskUnavailable,
+    enable_psk,
+    psk_ciphers,
+    psk_identity,
+    require_psk_support,
+)
 from .control import ControlPeer
 from .revocation import RevocationRuntime
 from .sockets import listening_socket
@@ -81,6 +93,8 @@ class Gateway:
         #: The control channel to the node (None when running without one, e.g. check-config).
         self.node = node
         self.revocation = RevocationRuntime(config, node)
+        #: This worker's TLS-PSK identities (the node pushes the merged table: psk_set).
+        self.psk_table = PskTable()
         self.revocation.on_revoked(self._close_revoked)
 
     # ------------------------------------------------------------------ building
@@ -90,12 +104,19 @@ class Gateway:
         ConfigError listing all problems, each with its key."""
         out: dict[str, tuple[ListenerBase, Any]] = {}
         problems: list[Problem] = []
+        hooks = list(self.context_hooks)
+        if config.psk_authentication.enable:
+            try:
+                require_psk_support()
+            except PskUnavailable as exc:
+                problems.append(Problem("psk_authentication.enable", str(exc)))
+            hooks.append(self._psk_hook)
         for name, lst in config.listeners.ssl.items():
             if not lst.enable:
                 continue
             key = f"listeners.ssl.{name}"
             try:
-                ctx = build_server_context(lst.ssl_options, key, self.context_hooks)
+                ctx = build_server_context(lst.ssl_options, key, hooks)
                 out[f"ssl:{name}"] = (lst, self.revocation.prepare(key, ctx))
             except ContextError as exc:
                 problems.extend(exc.problems)
@@ -170,10 +191,39 @@ class Gateway:
         return refusal, f"authentication: {res.decision.value}" + \
             (f" ({res.reason})" if res.reason else "")
 
+    # ------------------------------------------------------------------ TLS-PSK
+    def _psk_hook(self, ctx: SSL.Context, opts: Any) -> None:
+        """PSK on a listener context (and each SNI context): PSK suites first (SHA-256 ones
+        for TLS 1.3, see tlsgate.tls.psk), keys from this worker's table."""
+        ciphers = psk_ciphers(opts.tls12_ciphers(), opts.tls13_ciphers())
+        try:
+            if "tlsv1.2" in opts.versions:
+                ctx.set_cipher_list(ciphers.tls12.encode())
+            if "tlsv1.3" in opts.versions:
+                ctx.set_tls13_ciphersuites(ciphers.tls13.encode())
+        except SSL.Error as exc:
+            raise ValueError(f"ciphers: OpenSSL refused the PSK suites: {exc}") from None
+        enable_psk(ctx, self.psk_table, on_unknown=self._psk_unknown)
+
+    @staticmethod
+    def _psk_unknown(identity: bytes) -> None:
+        log.warning("TLS-PSK: a client offered the unknown identity %r; refused",
+                    printable_identity(identity))
+
+    @staticmethod
+    def _psk_identity_of(sess: Any) -> str | None:
+        try:
+            return psk_identity(sess.conn)
+        except PskResumed:  # a safety net: PSK sessions are made non-resumable
+            raise TlsError("a resumed TLS-PSK session is refused (the identity must be "
+                           "checked against the table)") from None
+
     def _install(self, rt: ListenerRuntime) -> None:
         """Per-listener hooks of this gateway (run at start and after every reload)."""
         rt.upstream_tls = self.upstream_tls.get(rt.cfg.upstream)
         rt.revocation = self.revocation
+        rt.psk_identity_of = (self._psk_identity_of if self.config.psk_authentication.enable
+                              and rt.kind == "ssl" else None)
         if self._auth_check not in rt.admission:
             rt.admission.append(self._auth_check)
         for hook in self.on_listener:

@@ -28,9 +28,11 @@ from typing import Any
 
 from ..config import Config, ConfigError, Problem, parse
 from ..config.types import split_hostport
+from ..psk_table import PskError
 from .app import Gateway, ReloadResult
 from .control import ControlError, ControlPeer
 from .fetch import NodeFetcher
+from .pskstore import PskStore, encode_table
 
 log = logging.getLogger("tlsgate.node")
 
@@ -73,6 +75,8 @@ class Node:
         self.services: list[Any] = []
         #: Called after a worker (re)started, to push node state to it (bans, ...).
         self.on_worker_started: list[Callable[[WorkerHandle], Awaitable[None]]] = []
+        #: TLS-PSK identities (file + admin API overlay), None while PSK is disabled.
+        self.psk: PskStore | None = None
         self._make_services()
 
     def _make_services(self) -> None:
@@ -91,6 +95,7 @@ class Node:
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
         await _validate(self.config, self.path)  # raises ConfigError
+        self._load_psk(self.config)
         self._check_ports_free(self.config)
         n = self.config.node.worker_count()
         results = await asyncio.gather(*(self._spawn(i) for i in range(n)),
@@ -155,7 +160,8 @@ class Node:
         loop = asyncio.get_running_loop()
         h.tasks = [loop.create_task(h.peer.run(), name=f"control worker {index}")]
         try:
-            await h.peer.request("start", timeout=60.0, toml=self.toml_text, path=self.path)
+            await h.peer.request("start", timeout=60.0, toml=self.toml_text, path=self.path,
+                                 psk=encode_table(self.psk.merged()) if self.psk else None)
         except (ControlError, TimeoutError) as exc:
             if h.proc.returncode is None:
                 h.proc.kill()
@@ -249,9 +255,12 @@ class Node:
             return ReloadResult(False, problems=[str(p) for p in exc.problems])
         except ValueError as exc:  # TOML syntax
             return ReloadResult(False, problems=[f"{self.path}: not valid TOML: {exc}"])
+        psk_change = self._reload_psk(config)
+        if psk_change is not None and psk_change.startswith("ERROR "):
+            return ReloadResult(False, problems=[psk_change[6:]])
         self.config = config
         self.toml_text = text
-        changes: list[str] = []
+        changes: list[str] = [psk_change] if psk_change else []
         problems: list[str] = []
         for h in list(self.workers.values()):
             if h.peer is None:
@@ -263,9 +272,56 @@ class Node:
                 continue
             if not r["ok"]:
                 problems.extend(f"worker {h.index}: {p}" for p in r["problems"])
-            elif not changes:
-                changes = list(r["changes"])
+            elif h.index == min(self.workers):
+                changes += list(r["changes"])
         return ReloadResult(not problems, changes=changes, problems=problems)
+
+    # ------------------------------------------------------------------ PSK
+    def _load_psk(self, config: Config) -> None:
+        """At start: the PSK file must load (ConfigError naming file and line otherwise)."""
+        cfg = config.psk_authentication
+        if not cfg.enable:
+            return
+        store = PskStore(cfg, config.node.data_dir, config.node.name)
+        try:
+            store.load()
+        except (PskError, OSError) as exc:
+            raise ConfigError(self.path or "<config>",
+                              [Problem("psk_authentication.init_file", str(exc))]) from None
+        store.on_change.append(self._push_psk)
+        self.psk = store
+        log.info("TLS-PSK: %d identities (%s)", len(store.merged()), cfg.init_file)
+
+    def _reload_psk(self, config: Config) -> str | None:
+        """A change description, None (nothing to say), or "ERROR <why>" (keep everything)."""
+        cfg = config.psk_authentication
+        if not cfg.enable:
+            if self.psk is not None:
+                self.psk = None
+                self.tell_workers("psk_set", table={})
+                return "psk_authentication: disabled"
+            return None
+        if self.psk is None:
+            try:
+                self._load_psk(config)
+            except ConfigError as exc:
+                return "ERROR " + str(exc.problems[0])
+            self._push_psk(self.psk.merged() if self.psk else {})
+            return "psk_authentication: enabled"
+        before = self.psk.merged()
+        why = self.psk.reload_file(cfg)
+        if why is not None:
+            return "ERROR " + why
+        after = self.psk.merged()
+        if before == after:
+            return None
+        added, removed = after.keys() - before.keys(), before.keys() - after.keys()
+        return (f"psk_authentication: {len(added)} identities added, {len(removed)} removed, "
+                f"{sum(1 for k in after.keys() & before.keys() if after[k] != before[k])} "
+                "changed")
+
+    def _push_psk(self, table: dict[bytes, bytes]) -> None:
+        self.tell_workers("psk_set", table=encode_table(table))
 
     # ------------------------------------------------------------------ stop
     async def stop(self) -> None:

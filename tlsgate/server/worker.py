@@ -25,6 +25,7 @@ from ..tls.engine import self_check
 from . import worker_ops
 from .app import Gateway
 from .control import ControlPeer
+from .pskstore import decode_table
 from .run import install_loop
 from .sockets import raise_fd_limit, tune_malloc
 
@@ -48,6 +49,8 @@ class Worker:
                       config.log.access_log, tag=f"w{self.index}")
         gw = Gateway(config, args.get("path"), reuse_port=True, node=lambda: self.peer)
         self.gw = gw
+        if args.get("psk"):
+            gw.psk_table.replace_all(decode_table(args["psk"]), reason="start")
         try:
             await gw.start()
         except ConfigError as exc:
@@ -65,6 +68,14 @@ class Worker:
                       config.log.access_log, tag=f"w{self.index}")
         return (await self.gw.apply_config(config)).as_dict()
 
+    async def h_psk_set(self, args: dict[str, Any]) -> Any:
+        """The node's merged PSK table (file + admin API), pushed whole on every change."""
+        if self.gw is not None:
+            change = self.gw.psk_table.replace_all(decode_table(args.get("table") or {}),
+                                                   reason="node")
+            return change.version
+        return None
+
     async def h_stop(self, args: dict[str, Any]) -> Any:
         self.stop_event.set()
         return True
@@ -79,7 +90,7 @@ class Worker:
     def handlers(self) -> dict[str, Any]:
         ops: dict[str, Any] = worker_ops.handlers(lambda: self.gw)
         ops.update({"start": self.h_start, "reload": self.h_reload, "stop": self.h_stop,
-                    "status": self.h_status})
+                    "status": self.h_status, "psk_set": self.h_psk_set})
         return ops
 
     # ---- main -----------------------------------------------------------------------------

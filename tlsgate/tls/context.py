@@ -60,7 +60,8 @@ class _Collector:
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, key: str, message: str) -> None:
-        self.problems.append(Problem(f"{self.prefix}.{key}" if self.prefix else key, message))
+        full = ".".join(k for k in (self.prefix, key) if k)
+        self.problems.append(Problem(full, message))
 
 
 def warn_if_world_readable(path: str, key: str) -> None:
