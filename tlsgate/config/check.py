@@ -17,6 +17,13 @@ def check(path: str) -> list[str]:
         Gateway(config, path).build(config)
     except ConfigError as exc:
         problems += [str(p) for p in exc.problems]
+    if config.cluster.enable:
+        from ..cluster.channel import build_contexts
+
+        try:
+            build_contexts(config.cluster, path)
+        except ConfigError as exc:
+            problems += [str(p) for p in exc.problems]
     psk = config.psk_authentication
     if psk.enable:
         from ..psk_table import PskError, parse_psk_file

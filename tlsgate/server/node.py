@@ -77,6 +77,8 @@ class Node:
         self.on_worker_started: list[Callable[[WorkerHandle], Awaitable[None]]] = []
         #: TLS-PSK identities (file + admin API overlay), None while PSK is disabled.
         self.psk: PskStore | None = None
+        #: The cluster (tlsgate.cluster.ClusterService) when [cluster] enable = true.
+        self.cluster: Any = None
         self._make_services()
 
     def _make_services(self) -> None:
@@ -88,6 +90,10 @@ class Node:
                 log.warning("the admin API is not part of this build; [dashboard] ignored")
             else:
                 self.services.append(service(self))
+        if self.config.cluster.enable:  # after the admin service: it shares node.bans
+            from ..cluster import ClusterService
+
+            self.services.append(ClusterService(self))
         from .watch import FileWatcher  # node.reload_on_change (idles while off)
 
         self.services.append(FileWatcher(self))
@@ -258,9 +264,13 @@ class Node:
         psk_change = self._reload_psk(config)
         if psk_change is not None and psk_change.startswith("ERROR "):
             return ReloadResult(False, problems=[psk_change[6:]])
-        self.config = config
+        old_config, self.config = self.config, config
         self.toml_text = text
         changes: list[str] = [psk_change] if psk_change else []
+        for svc in self.services:  # services that care say what a reload means for them
+            hook = getattr(svc, "config_changed", None)
+            if hook is not None:
+                changes += hook(old_config, config)
         problems: list[str] = []
         for h in list(self.workers.values()):
             if h.peer is None:
@@ -370,6 +380,10 @@ class Node:
 
 async def _validate(config: Config, path: str | None) -> None:
     """Load everything a worker will (raises ConfigError), then let go of it."""
+    if config.cluster.enable:  # [cluster.ssl] files load (ConfigError naming the key)
+        from ..cluster.channel import build_contexts
+
+        build_contexts(config.cluster, path or "<config>")
     gw = Gateway(config, path)
     built = gw.build(config)
     if built.authenticator is not None:
