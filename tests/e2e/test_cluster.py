@@ -239,6 +239,13 @@ def test_psk_added_on_node1_works_through_node3_and_removal_replicates(world: Wo
     world.broker.wait_log(r"New client connected from \S+ as via-n3 \(.*u'dev-new'\)")
     n3.gate.wait_log(r"cluster: PSK identity 'dev-new' added/changed \(change made on node n1")
     assert KEY_NEW not in n3.gate.log_text() and KEY_NEW not in n1.gate.log_text()
+    # an identity added to node 1's file (reload) is usable through node 3 too
+    n1.gate.config.write_text(n1.gate.config.read_text().replace(
+        str(world.psk_file), str(world.psk_file) + ".n1"))
+    (world.psk_file.parent / "psk.txt.n1").write_text(f"dev1:{KEY1}\ndev-file:{KEY_LATE}\n")
+    assert "reload done" in n1.gate.reload()
+    wait_for(lambda: "dev-file" in n3.get("/api/v1/psk")["identities"], 5, "file change")
+    assert psk_pub(n3.port, "dev-file", KEY_LATE, "file-via-n3").returncode == 0
     # removed on node 3: refused through node 1
     status, _ = n3.api("DELETE", "/api/v1/psk/dev-new")
     assert status == 200

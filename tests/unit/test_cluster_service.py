@@ -152,6 +152,21 @@ async def test_a_local_ban_and_psk_reach_the_other_node(make: Any) -> None:
     await until(lambda: a.node.bans.list() == [], 2.0, "ban removal")
 
 
+async def test_psk_file_changes_on_one_node_replicate(make: Any, tmp_path: Path) -> None:
+    a = await make("a", [])
+    b = await make("b", ["a"])
+    await until(lambda: "a" in b.links and "b" in a.links)
+    await until(lambda: a.node.psk.file_changes_to_overlay, what="a hooked its PSK table")
+    psk_file = tmp_path / "psk.txt"
+    psk_file.write_text("from-file:0a0b\n")
+    assert a.node.psk.reload_file(a.node.config.psk_authentication) is None
+    await until(lambda: b.node.psk.merged().get(b"from-file") == b"\x0a\x0b", 2.0, "added")
+    psk_file.write_text("")
+    assert a.node.psk.reload_file(a.node.config.psk_authentication) is None
+    await until(lambda: b"from-file" not in b.node.psk.merged(), 2.0, "removed")
+    assert b"from-file" not in a.node.psk.merged()
+
+
 async def test_fetches_go_through_the_owner_once_and_fall_back_without_it(make: Any) -> None:
     crls = CrlServer()
     await crls.start()

@@ -625,6 +625,7 @@ class ClusterService:
             return
         if store is not None and self._psk_changed not in store.on_local_change:
             store.on_local_change.append(self._psk_changed)
+            store.file_changes_to_overlay = True
         self._psk_hooked = store
         self.replicator.dirty("psk")
 
