@@ -56,6 +56,7 @@ _WANT_WRITE = _lib.SSL_ERROR_WANT_WRITE
 _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
 _WANT_LOOKUP = _lib.SSL_ERROR_WANT_X509_LOOKUP
 _X509_V_OK = 0
+_TLS1_3 = _lib.TLS1_3_VERSION
 
 
 class TlsError(Exception):
@@ -133,7 +134,12 @@ class ServerSession:
         ssl = self._ssl
         r = _lib.SSL_do_handshake(ssl)
         if r == 1:
-            self.flush()
+            # TLS 1.3: what the last step produced is only NewSessionTicket messages (our
+            # Finished went out with the first flight). They stay queued and leave with the
+            # first bytes we send anyway (the CONNACK): one write per connection less.
+            # TLS 1.2: our ChangeCipherSpec + Finished, which the client waits for: send now.
+            if _lib.SSL_version(ssl) != _TLS1_3:
+                self.flush()
             return True
         err = _SSL_get_error(ssl, r)
         if err in (_WANT_READ, _WANT_WRITE, _WANT_LOOKUP):
@@ -186,9 +192,28 @@ class ServerSession:
             n = _BIO_read(self._wbio, _OUT, _OUTCAP)
 
     # -- after the handshake -----------------------------------------------------------------
-    def read_plain(self) -> bytes:
-        """Decrypt whatever is buffered (used by the CONNECT phase after feeding)."""
-        return self.decrypt(0)
+    def read_plain(self, n: int = 0) -> bytes:
+        """Before the relay (CONNECT phase): feed ``INBUF[:n]`` and decrypt, like
+        :meth:`decrypt`, but leave anything the record layer queued (session tickets) to go
+        out with our next write. Sets :attr:`peer_closed`; raises :class:`TlsError`."""
+        ssl = self._ssl
+        if n:
+            _BIO_write(self._rbio, _IN, n)
+        r = _SSL_read(ssl, _OUT, _OUTCAP)
+        total = 0
+        while r > 0:
+            total += r
+            r = _SSL_read(ssl, _OUT + total, _OUTCAP - total)
+        err = _SSL_get_error(ssl, r)
+        data = _OUT_MV[:total].tobytes() if total else b""
+        if err != _WANT_READ:
+            if err == _ZERO_RETURN:
+                self.peer_closed = True
+            else:
+                reason = self._describe(err)
+                self.flush()
+                raise TlsError(reason)
+        return data
 
     def decrypt(self, n: int) -> bytes:
         """Feed ``INBUF[:n]`` and return all plaintext it completes (b"" if none).
