@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -260,7 +261,45 @@ async def test_reload_says_restart_for_settings_and_rereads_certificates(
     a = await make("a", [])
     old = a.node.config
     same = old.model_copy()
+    assert a.config_changed(old, same) == []          # nothing changed: nothing to say
+    assert old.cluster.ssl is not None
+    cert = Path(old.cluster.ssl.certfile)
+    cert.write_bytes(cert.read_bytes())               # rotated (same content, new mtime)
+    os.utime(cert, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
     assert a.config_changed(old, same) == ["cluster: certificates re-read for new links"]
+    assert a.config_changed(old, same) == []
     moved = old.model_copy(update={"cluster": old.cluster.model_copy(
         update={"heartbeat_interval": 9.0})})
     assert a.config_changed(old, moved) == ["cluster: settings changed, restart needed"]
+
+
+async def test_admin_api_cluster_paths(make: Any, tmp_path: Path, pki: Pki) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from tlsgate.admin.api import make_app
+    from tlsgate.admin.server import TokenSource
+
+    a = await make("a", [])
+    b = await make("b", ["a"])
+    await until(lambda: "a" in b.links and "b" in a.links)
+    node = a.node
+    async with TestClient(TestServer(make_app(node, node.bans, TokenSource(node)))) as c:
+        r = await c.get("/api/v1/cluster/nodes")
+        doc = await r.json()
+        assert [(n["name"], n["status"]) for n in doc["nodes"]] == [("a", "up"), ("b", "up")]
+        r = await c.get("/api/v1/connections?cluster=true")
+        doc = await r.json()
+        assert r.status == 200 and doc["data"] == [] and doc["errors"] == []
+        r = await c.get("/api/v1/connections/0.1@b")           # b has no such connection
+        assert r.status == 404
+        r = await c.delete("/api/v1/connections/0.1@nowhere")  # no such node
+        assert r.status == 502 and "not connected" in (await r.json())["message"]
+    # a node without the cluster
+    lone = FakeNode(node.config, None)
+    from tlsgate.admin.banstore import NodeBans
+
+    async with TestClient(TestServer(make_app(lone, NodeBans(lone), TokenSource(lone)))) as c:
+        r = await c.get("/api/v1/connections?cluster=true")
+        assert r.status == 409 and (await r.json())["error"] == "cluster_disabled"
+        r = await c.delete("/api/v1/connections/0.1@b")
+        assert r.status == 404

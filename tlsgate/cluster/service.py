@@ -38,6 +38,7 @@ import hashlib
 import itertools
 import logging
 import math
+import os
 import random
 import secrets
 import socket
@@ -119,6 +120,7 @@ class ClusterService:
         self.self_addrs: set[str] = set()
         self.listen_host, self.listen_port = split_hostport(self.cfg.listen)
         self._server_ctx: ssl.SSLContext | None = None
+        self._ssl_sig: tuple[Any, ...] = ()
         self._client_ctx: ssl.SSLContext | None = None
         self._sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -160,6 +162,7 @@ class ClusterService:
     async def start(self) -> None:
         source = self.node.path or "<config>"
         self._server_ctx, self._client_ctx = build_contexts(self.cfg, source)
+        self._ssl_sig = _files_sig(self.cfg)
         host = self.listen_host.strip("[]")
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(fam, socket.SOCK_STREAM)
@@ -221,7 +224,7 @@ class ClusterService:
             log.warning("cluster settings changed: they take effect at the next restart of "
                         "this node (the cluster keeps running as started)")
             out.append("cluster: settings changed, restart needed")
-        elif n.ssl is not None and n.enable:
+        elif n.ssl is not None and n.enable and _files_sig(n) != self._ssl_sig:
             try:
                 self._server_ctx, self._client_ctx = build_contexts(n, self.node.path or
                                                                     "<config>")
@@ -229,6 +232,8 @@ class ClusterService:
                 log.error("cluster: the new [cluster.ssl] cannot be used (%s); new links keep "
                           "the previous certificates", "; ".join(map(str, exc.problems)))
             else:
+                self._ssl_sig = _files_sig(n)
+                log.info("cluster: [cluster.ssl] files changed; new links use them")
                 out.append("cluster: certificates re-read for new links")
         return out
 
@@ -908,6 +913,21 @@ class ClusterService:
         if node == self.name:
             return await self._local_kick(cid, reason)
         return bool(await self.request(node, "kick", {"id": cid, "reason": reason}))
+
+
+def _files_sig(cfg: Any) -> tuple[Any, ...]:
+    """What identifies the [cluster.ssl] material: paths, password, and each file's stat."""
+    ssl_cfg = cfg.ssl
+    if ssl_cfg is None:
+        return ()
+    out: list[Any] = [str.__str__(ssl_cfg.password) if ssl_cfg.password is not None else None]
+    for path in (ssl_cfg.cacertfile, ssl_cfg.certfile, ssl_cfg.keyfile):
+        try:
+            st = os.stat(path)
+            out.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((path, None))
+    return tuple(out)
 
 
 def _bounded(v: Any, lo: float, hi: float, name: str) -> float:

@@ -271,6 +271,9 @@ class Node:
             hook = getattr(svc, "config_changed", None)
             if hook is not None:
                 changes += hook(old_config, config)
+        if config.cluster.enable and self.cluster is None:
+            log.warning("[cluster] enable = true takes effect at the next restart of this node")
+            changes.append("cluster: enabling it needs a restart")
         problems: list[str] = []
         for h in list(self.workers.values()):
             if h.peer is None:
