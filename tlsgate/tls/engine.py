@@ -253,8 +253,8 @@ class ServerSession:
 
     def encrypt_in(self, n: int) -> bytes:
         """Encrypt ``INBUF[:n]`` (plaintext from the broker); returns the ciphertext."""
-        if _SSL_write(self._ssl, _IN, n) <= 0:
-            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
+        if _SSL_write(self._ssl, _IN, n) != n:  # whole or nothing: partial writes are off
+            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["short write"]))
         o = _BIO_read(self._wbio, _OUT, _OUTCAP)
         data = _OUT_MV[:o].tobytes() if o > 0 else b""
         if n > _RECYCLE_AT:
@@ -295,8 +295,8 @@ class ServerSession:
         """Encrypt arbitrary plaintext (CONNACK refusals, buffered data)."""
         if not data:
             return b""
-        if _SSL_write(self._ssl, data, len(data)) <= 0:
-            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
+        if _SSL_write(self._ssl, data, len(data)) != len(data):
+            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["partial write"]))
         chunks = []
         o = _BIO_read(self._wbio, _OUT, _OUTCAP)
         while o > 0:
