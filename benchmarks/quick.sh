@@ -32,7 +32,7 @@ for m in ${*:-hs msg bulk}; do
     bulk) taskset -c 1 "$BIN/mqload" -m pub -p "$CAND_PORT" -P 4 -s 65536 -d "$D" -w 1 $MON ;;
     lat) taskset -c 1 "$BIN/mqload" -m lat -p "$CAND_PORT" -s 100 --rate 1000 --samples 3000 $MON ;;
     idle) taskset -c 1 "$BIN/mqload" -m idle -p "$CAND_PORT" -n "${IDLE_N:-5000}" -c 100 --hold 4 --src 8 $MON ;;
-  esac 2>&1 | grep -E "^result" | tr ' ' '\n' | grep -E "^(mode|rate|msgs_per_s|MBps|proxy_us_per|proxy_ns_per|proxy_cpu|kib_per|rss|p50|foreign|done|fails)" | paste -sd' '
+  esac 2>&1 | grep -E "^result" | tr ' ' '\n' | grep -E "^(mode|rate|msgs_per_s|MBps|proxy_us_per|proxy_ns_per|proxy_cpu|kib|rss|p50|foreign|done|fails|held|proxy_rss)" | paste -sd' '
 done
 pkill -f "tlsgate serve -c $B/tlsgate/bench.toml" 2>/dev/null
 sleep 0.5

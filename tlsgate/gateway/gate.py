@@ -57,6 +57,12 @@ def _split_addr(addr: str) -> tuple[str, int]:
 
 
 class ClientGate(asyncio.BufferedProtocol):
+    # Slots: one of these lives as long as its connection (idle memory per connection).
+    __slots__ = ("client_done", "ctx", "guard", "held", "live_registered", "lst",
+                 "no_close_notify", "over_limit", "peer_cert", "pending", "phase",
+                 "proxied_dst", "proxied_src", "rec", "relay", "sess", "t0", "task", "timer",
+                 "transport", "upstream_done", "upstream_transport")
+
     def __init__(self, lst: ListenerRuntime) -> None:
         self.lst = lst
         self.ctx = lst.context
