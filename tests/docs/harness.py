@@ -34,7 +34,9 @@ Absolute paths ``/etc/tlsgate/`` and ``/var/lib/tlsgate/`` (the deployment layou
 the same paths under the working directory when TOML is checked; the files the checks need there
 (certificates from ``tlsgate certs init``, a token, a PSK file) are made by :func:`make_fixtures`.
 
-``tlsgate`` on the snippets' PATH is a shim running ``python -m tlsgate`` from this checkout.
+``tlsgate`` on the snippets' PATH is a shim running ``python -m tlsgate`` from this checkout, and
+``python`` is the interpreter running the tests (the docs assume the virtual environment is
+active). ``examples/`` of the checkout is linked into the working directory.
 """
 
 from __future__ import annotations
@@ -235,6 +237,10 @@ def make_shim(bindir: Path) -> None:
     shim = bindir / "tlsgate"
     shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m tlsgate \"$@\"\n")
     shim.chmod(0o755)
+    # `python` is the venv's (the docs say: with the virtual environment active)
+    py = bindir / "python"
+    py.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    py.chmod(0o755)
 
 
 def make_fixtures(root: Path, env: dict[str, str]) -> None:
@@ -243,6 +249,11 @@ def make_fixtures(root: Path, env: dict[str, str]) -> None:
     if not (certs / "server.pem").exists():
         subprocess.run(["tlsgate", "certs", "init", str(certs), "--client", "device-001"],
                        env=env, check=True, capture_output=True)
+    # the names an ACME client (certbot) uses
+    for src, dst in (("server.pem", "fullchain.pem"), ("server.key", "privkey.pem")):
+        if not (certs / dst).exists():
+            (certs / dst).write_bytes((certs / src).read_bytes())
+            (certs / dst).chmod(0o600)
     (root / "etc/tlsgate/admin.token").write_text("docs-test-token\n")
     (root / "etc/tlsgate/admin.token").chmod(0o600)
     (root / "etc/tlsgate/psk.txt").write_text("device-9:secret-key\n")

@@ -52,6 +52,7 @@ def test_page_runs(name: str, tmp_path: Path) -> None:
 
     work = tmp_path / "work"
     work.mkdir()
+    (work / "examples").symlink_to(h.REPO / "examples")
     bindir = tmp_path / "bin"
     h.make_shim(bindir)
     env = h.env_for(bindir)
