@@ -164,6 +164,18 @@ def listening(port: int) -> bool:
     return False
 
 
+def wait_listening(port: int, proc: subprocess.Popen[Any] | None = None,
+                   timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
+        if listening(port):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
 def port_map(extra: dict[int, int] | None = None) -> dict[int, int]:
     m = {p: free_port() for p in CANONICAL_PORTS}
     m.update(extra or {})
@@ -269,6 +281,8 @@ def make_fixtures(root: Path, env: dict[str, str]) -> None:
         if not (certs / dst).exists():
             (certs / dst).write_bytes((certs / src).read_bytes())
             (certs / dst).chmod(0o600)
+    (root / "etc/tlsgate/admin").mkdir(exist_ok=True)
+    (root / "etc/tlsgate/admin/token").write_text("docs-test-token\n")
     (root / "etc/tlsgate/admin.token").write_text("docs-test-token\n")
     (root / "etc/tlsgate/admin.token").chmod(0o600)
     (root / "etc/tlsgate/psk.txt").write_text("device-9:secret-key\n")
