@@ -248,7 +248,7 @@ def toml_dumps(data: dict[str, Any]) -> str:
 
 def _is_table(v: Any) -> bool:
     # headers/body are string tables: written inline
-    return isinstance(v, dict) and not all(isinstance(x, str) for x in v.values()) or \
+    return (isinstance(v, dict) and not all(isinstance(x, str) for x in v.values())) or \
         (isinstance(v, dict) and not v)
 
 
@@ -320,7 +320,7 @@ class PageRun:
         ok = (p.returncode != 0) if want_fail else (p.returncode == 0)
         problem = ""
         if not ok:
-            problem = (f"expected a non-zero exit, got 0" if want_fail
+            problem = ("expected a non-zero exit, got 0" if want_fail
                        else f"exit status {p.returncode}")
         if ok and b.attrs.get("expect") and not re.search(b.attrs["expect"], out):
             ok, problem = False, f"output does not match {b.attrs['expect']!r}"
