@@ -281,12 +281,32 @@ def make_fixtures(root: Path, env: dict[str, str]) -> None:
         if not (certs / dst).exists():
             (certs / dst).write_bytes((certs / src).read_bytes())
             (certs / dst).chmod(0o600)
+    crl = certs / "ca.crl"
+    if not crl.exists():
+        crl.write_bytes(_empty_crl(certs / "ca.pem", certs / "ca.key"))
     (root / "etc/tlsgate/admin").mkdir(exist_ok=True)
     (root / "etc/tlsgate/admin/token").write_text("docs-test-token\n")
     (root / "etc/tlsgate/admin.token").write_text("docs-test-token\n")
     (root / "etc/tlsgate/admin.token").chmod(0o600)
     (root / "etc/tlsgate/psk.txt").write_text("device-9:secret-key\n")
     (root / "var/lib/tlsgate").mkdir(parents=True, exist_ok=True)
+
+
+def _empty_crl(ca_pem: Path, ca_key: Path) -> bytes:
+    """A current CRL (no entries) of the fixture CA, PEM."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    key = serialization.load_pem_private_key(ca_key.read_bytes(), None)
+    now = datetime.datetime.now(datetime.UTC)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+           .last_update(now - datetime.timedelta(minutes=1))
+           .next_update(now + datetime.timedelta(days=30))
+           .sign(key, hashes.SHA256()))  # type: ignore[arg-type]
+    return crl.public_bytes(serialization.Encoding.PEM)
 
 
 @dataclass
