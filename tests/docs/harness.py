@@ -290,6 +290,21 @@ def make_fixtures(root: Path, env: dict[str, str]) -> None:
     (root / "etc/tlsgate/admin.token").chmod(0o600)
     (root / "etc/tlsgate/psk.txt").write_text("device-9:secret-key\n")
     (root / "var/lib/tlsgate").mkdir(parents=True, exist_ok=True)
+    _cluster_fixtures(root / "etc/tlsgate")
+
+
+def _cluster_fixtures(d: Path) -> None:
+    """docs/cluster.md's files: a cluster CA and a node certificate for both ends of a link
+    (serverAuth and clientAuth)."""
+    if (d / "gate1-cluster.pem").exists():
+        return
+    from tlsgate.tls.certs import issue_server, make_ca
+
+    ca = make_ca("docs cluster CA")
+    ca_pem, _ = ca.write(d, "cluster-ca")
+    node = issue_server(ca, ["gate1"], eku=("serverAuth", "clientAuth"))
+    cert, key = node.write(d, "gate1-cluster")
+    assert ca_pem.name == "cluster-ca.pem" and cert.name == "gate1-cluster.pem"
 
 
 def _empty_crl(ca_pem: Path, ca_key: Path) -> bytes:

@@ -104,18 +104,21 @@ class Node:
         self._load_psk(self.config)
         self._check_ports_free(self.config)
         n = self.config.node.worker_count()
-        results = await asyncio.gather(*(self._spawn(i) for i in range(n)),
-                                       return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            await self.stop()
-            raise StartError(str(errors[0]))
+        # Node services first (admin API, cluster, file watcher): a bad [dashboard] or
+        # [cluster] setting stops the start before any worker exists, and once a client port
+        # answers, the admin API does too.
         try:
             for svc in self.services:
                 await svc.start()  # e.g. the admin API: ConfigError naming dashboard.listen
         except BaseException:
             await self.stop()
             raise
+        results = await asyncio.gather(*(self._spawn(i) for i in range(n)),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.stop()
+            raise StartError(str(errors[0]))
         binds = [f"{label} on {lst.bind}" for label, lst in self._enabled(self.config)]
         log.info("tlsgate node %s ready: %s (%d worker%s)", self.config.node.name,
                  ", ".join(binds), n, "" if n == 1 else "s")
