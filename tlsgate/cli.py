@@ -67,7 +67,7 @@ def serve(path: str | None) -> None:
               help="Config file (TOML).")
 def check_config(path: str) -> None:
     """Load a config file and everything it names (certificates, keys, CAs); list problems."""
-    from .config.check import check
+    from .config.check import check, notes
 
     problems = check(path)
     if problems:
@@ -75,6 +75,8 @@ def check_config(path: str) -> None:
         for p in problems:
             click.echo(f"  {path}: {p}", err=True)
         sys.exit(2)
+    for note in notes(path):
+        click.echo(f"  note: {path}: {note}", err=True)
     click.echo(f"{path}: OK")
 
 

@@ -180,3 +180,30 @@ def test_a_killed_worker_is_replaced(two_workers: tuple[Gate, int, Path, Path],
              15, "a replacement worker")
     g.wait_log(r"worker \d restarted")
     _mqtt_session(port, pki.ca_pem, 10)  # both workers serve
+
+
+def test_healthz_follows_the_workers(pki: Pki, broker: Mosquitto,
+                                     make_gate: GateFactory) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    port, api = free_port(), free_port()
+    cfg = (base_toml(broker.port).replace("workers = 1", "workers = 2").replace(
+        "[dashboard]\nenable = false\n", f"[dashboard]\nenable = true\n"
+                                         f"listen = \"127.0.0.1:{api}\"\ntoken = \"t\"\n")
+        + listener_toml("h", port, pki))
+    g = make_gate(cfg, [port, api])
+
+    def health() -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    wait_for(lambda: health()[0] == 200, 10, "healthy")
+    os.kill(g.worker_pids()[0], signal.SIGKILL)
+    code, doc = wait_for(lambda: (h := health())[0] == 503 and h, 5, "degraded")
+    assert doc["workers_up"] == 1
+    wait_for(lambda: health()[0] == 200, 15, "healthy again after the restart")

@@ -78,7 +78,7 @@ BANS: web.AppKey[NodeBans] = web.AppKey("bans", NodeBans)
 TOKEN: web.AppKey[TokenSource] = web.AppKey("token", object)  # type: ignore[arg-type]
 METRICS: web.AppKey[MetricsRenderer] = web.AppKey("metrics", MetricsRenderer)
 
-PUBLIC_PATHS = frozenset({"/", "/metrics", "/api/v1/openapi.json", "/favicon.ico"})
+PUBLIC_PATHS = frozenset({"/", "/metrics", "/api/v1/openapi.json", "/favicon.ico", "/healthz"})
 
 
 # ------------------------------------------------------------------------------------------
@@ -365,6 +365,18 @@ async def status(request: web.Request) -> web.Response:
         "errors": errors,
     }
     return web.json_response(doc)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness/readiness for probes (no token, no identities): 200 when every configured
+    worker answers, 503 otherwise (e.g. a worker is being restarted)."""
+    node = _node(request)
+    want = node.config.node.worker_count()
+    ok, errors = await _ask(node, "status")
+    up = len(ok)
+    code = 200 if up >= want and not errors else 503
+    return web.json_response({"status": "ok" if code == 200 else "degraded",
+                              "workers_up": up, "workers": want}, status=code)
 
 
 async def listeners(request: web.Request) -> web.Response:
@@ -681,6 +693,7 @@ def make_app(node: Any, bans: NodeBans, token: TokenSource) -> web.Application:
     r.add_get("/metrics", metrics)
     r.add_get("/api/v1/openapi.json", openapi)
     r.add_get("/api/v1/status", status)
+    r.add_get("/healthz", healthz)
     r.add_get("/api/v1/listeners", listeners)
     r.add_get("/api/v1/connections", connections)
     r.add_get("/api/v1/connections/{id}", connection)

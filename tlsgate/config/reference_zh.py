@@ -103,9 +103,11 @@ ZH: dict[str, tuple[str, str]] = {
         "This node's name (logs, admin API, cluster membership). Default: the host name.",
         "本节点的名称（用于日志、管理 API、集群成员）。默认：主机名。"),
     "node.data_dir": (
-        "Directory for state kept across restarts: persisted OCSP staples, CRL cache. Created "
-        "if missing.",
-        "跨重启保存状态的目录：持久化的 OCSP 装订响应、CRL 缓存。不存在时自动创建。"),
+        "Directory for state kept across restarts: persisted OCSP staples, the CRL cache, bans "
+        "(bans.json) and TLS-PSK identities added through the admin API (psk-overlay.json, "
+        "mode 0600). Created if missing.",
+        "跨重启保存状态的目录：持久化的 OCSP 装订响应、CRL 缓存、封禁列表（bans.json）以及通过"
+        "管理 API 添加的 TLS-PSK 身份（psk-overlay.json，权限 0600）。不存在时自动创建。"),
     "node.workers": (
         "Worker processes sharing the listening ports (SO_REUSEPORT). 0 = one per CPU.",
         "共享监听端口的工作进程数（SO_REUSEPORT）。0 = 每个 CPU 一个。"),

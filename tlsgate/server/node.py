@@ -131,28 +131,11 @@ class Node:
         return out
 
     def _check_ports_free(self, config: Config, skip: set[str] | None = None) -> None:
-        """Fail early with the key when a port is taken (SO_REUSEPORT would hide another
-        tlsgate on the same port: probe without it)."""
-        problems = []
-        for label, lst in self._enabled(config):
-            if skip and lst.bind in skip:
-                continue
-            host, port = split_hostport(lst.bind)
-            if port == 0:
-                continue
-            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(fam, socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((host, port))
-                except OSError as exc:
-                    kind, name = label.split(":", 1)
-                    why = "the port is in use" if exc.errno == errno.EADDRINUSE else \
-                        (exc.strerror or str(exc))
-                    problems.append(Problem(f"listeners.{kind}.{name}.bind",
-                                            f"cannot listen on {lst.bind}: {why}"))
+        problems = ports_taken(config, skip)
         if problems:
             raise ConfigError(self.path or "<config>", problems)
+
+
 
     async def _spawn(self, index: int) -> WorkerHandle:
         h = self.workers.get(index) or WorkerHandle(index)
@@ -400,3 +383,27 @@ async def _validate(config: Config, path: str | None) -> None:
 
 def node_pid() -> int:
     return os.getpid()
+
+
+def ports_taken(config: Config, skip: set[str] | None = None) -> list[Problem]:
+    """Listener ports another process holds, each a Problem naming the key. Probed without
+    SO_REUSEPORT, which would otherwise hide another tlsgate on the same port."""
+    problems = []
+    for label, lst in Node._enabled(config):
+        if skip and lst.bind in skip:
+            continue
+        host, port = split_hostport(lst.bind)
+        if port == 0:
+            continue
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                kind, name = label.split(":", 1)
+                why = "the port is in use" if exc.errno == errno.EADDRINUSE else \
+                    (exc.strerror or str(exc))
+                problems.append(Problem(f"listeners.{kind}.{name}.bind",
+                                        f"cannot listen on {lst.bind}: {why}"))
+    return problems

@@ -274,7 +274,9 @@ def build_server_context(opts: ServerSslOptions, key: str,
     session_id = ("tlsgate:" + key).encode()[:32]
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     verify_cb = _apply_common(ctx, opts, c, session_id)
-    chain = _load_identity(ctx, opts.certfile, opts.keyfile, opts.password, c)
+    # No certificate: a TLS-PSK-only listener (the config allows it only with PSK enabled).
+    chain = (_load_identity(ctx, opts.certfile, opts.keyfile, opts.password, c)
+             if opts.certfile else [])
 
     sni: dict[str, SSL.Context] = {}
     sni_chains: dict[str, list[x509.Certificate]] = {}
