@@ -303,7 +303,7 @@ def _cluster_fixtures(d: Path) -> None:
     ca = make_ca("docs cluster CA")
     ca_pem, _ = ca.write(d, "cluster-ca")
     node = issue_server(ca, ["gate1"], eku=("serverAuth", "clientAuth"))
-    cert, key = node.write(d, "gate1-cluster")
+    cert, _key = node.write(d, "gate1-cluster")
     assert ca_pem.name == "cluster-ca.pem" and cert.name == "gate1-cluster.pem"
 
 

@@ -204,6 +204,6 @@ def test_healthz_follows_the_workers(pki: Pki, broker: Mosquitto,
 
     wait_for(lambda: health()[0] == 200, 10, "healthy")
     os.kill(g.worker_pids()[0], signal.SIGKILL)
-    code, doc = wait_for(lambda: (h := health())[0] == 503 and h, 5, "degraded")
+    _code, doc = wait_for(lambda: (h := health())[0] == 503 and h, 5, "degraded")
     assert doc["workers_up"] == 1
     wait_for(lambda: health()[0] == 200, 15, "healthy again after the restart")
