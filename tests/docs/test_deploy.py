@@ -134,8 +134,8 @@ def test_kubernetes_example_shape() -> None:
     init = pod["initContainers"][0]
     assert init["command"][:2] == ["tlsgate", "check-config"]
     main = pod["containers"][0]
-    probe = main["readinessProbe"]["exec"]["command"]
-    assert probe[:2] == ["tlsgate", "ctl"] and probe[-1] == "status"
+    probe = main["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and probe["port"] == "admin"
     assert main["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["name"] for m in main["volumeMounts"]}
     secrets = {v["name"] for v in pod["volumes"] if "secret" in v}
