@@ -112,6 +112,11 @@ class ServerSession:
         conn.set_accept_state()
         self.conn = conn
         self._ssl = conn._ssl
+        # pyOpenSSL turns SSL_MODE_ENABLE_PARTIAL_WRITE on for every context, and with it
+        # SSL_write returns after the first record (16 KiB) even into a memory BIO: encrypt_in
+        # would drop the rest of a larger read from the broker. Off, SSL_write takes it all.
+        # (Per SSL, not per context: an SNI switch to another context keeps this SSL's mode.)
+        _lib.SSL_clear_mode(self._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
         self._rbio = conn._into_ssl
         self._wbio = conn._from_ssl
         #: Sends ciphertext to the client (the client transport's ``write``).
@@ -221,7 +226,7 @@ class ServerSession:
 
     def encrypt_in(self, n: int) -> bytes:
         """Encrypt ``INBUF[:n]`` (plaintext from the broker); returns the ciphertext."""
-        if _SSL_write(self._ssl, _IN, n) <= 0:
+        if _SSL_write(self._ssl, _IN, n) != n:
             raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
         o = _BIO_read(self._wbio, _OUT, _OUTCAP)
         return _OUT_MV[:o].tobytes() if o > 0 else b""
@@ -230,7 +235,7 @@ class ServerSession:
         """Encrypt arbitrary plaintext (CONNACK refusals, buffered data)."""
         if not data:
             return b""
-        if _SSL_write(self._ssl, data, len(data)) <= 0:
+        if _SSL_write(self._ssl, data, len(data)) != len(data):
             raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
         chunks = []
         o = _BIO_read(self._wbio, _OUT, _OUTCAP)
@@ -288,6 +293,6 @@ def self_check() -> None:
             raise RuntimeError(f"pyOpenSSL has no Connection.{attr}: this pyOpenSSL version is "
                                "not supported by tlsgate's TLS engine (tlsgate/tls/engine.py)")
     for fn in ("SSL_read", "SSL_write", "BIO_read", "BIO_write", "SSL_do_handshake",
-               "SSL_get_error", "SSL_shutdown", "SSL_get_shutdown"):
+               "SSL_get_error", "SSL_shutdown", "SSL_get_shutdown", "SSL_clear_mode"):
         if not hasattr(_lib, fn):
             raise RuntimeError(f"OpenSSL binding {fn} missing from pyOpenSSL's cffi module")
