@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck check venv bench clean
+.PHONY: run test lint typecheck check venv bench clean interop
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ run: venv
 ## test: the whole test suite (needs mosquitto, mosquitto-clients, openssl: see .ci/run)
 test: venv
 	$(PY) -m pytest -q -ra
+
+## interop: the full interoperability matrix: every client in examples/ x mosquitto, amqtt and
+## a private RabbitMQ node x TLS mode x MQTT 3.1.1/5.0, through tlsgate (see examples/README.md;
+## options: make interop INTEROP_ARGS="--brokers mosquitto --clients paho-c -v")
+interop: venv
+	$(PY) -m interop.run $(INTEROP_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check tlsgate tests
