@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ObjectIdentifier
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _lib
 
 from ..config.load import Problem
 from ..config.schema import ServerSslOptions, SniEntry
@@ -126,6 +127,10 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_options(options)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    # pyOpenSSL turns partial writes on for every context it makes; the engine writes whole
+    # chunks into a memory BIO (which never blocks) with one SSL_write, so it must be off:
+    # with it on, SSL_write stops after one 16 KiB record.
+    ctx.clear_mode(_lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
     ctx.set_session_id(session_id)
 
     tls12 = opts.tls12_ciphers()
