@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck check venv bench clean docs docs-check
+.PHONY: run test lint typecheck check venv bench bench-quick clean docs docs-check interop
 
 venv: $(STAMP)
 
@@ -22,8 +22,25 @@ run: venv
 test: venv
 	$(PY) -m pytest -q -ra
 
+## interop: the full interoperability matrix: every client in examples/ x mosquitto, amqtt and
+## a private RabbitMQ node x TLS mode x MQTT 3.1.1/5.0, through tlsgate (see examples/README.md;
+## options: make interop INTEROP_ARGS="--brokers mosquitto --clients paho-c -v")
+interop: venv
+	$(PY) -m interop.run $(INTEROP_ARGS)
+
 lint: venv
-	$(VENV)/bin/ruff check tlsgate tests
+	$(VENV)/bin/ruff check tlsgate tests interop
+
+## bench: ../shared/bench/compare.sh (HAProxy, nginx, stunnel and tlsgate, one core each, same
+## mosquitto, same load tools); the ratio table is also written to benchmarks/results/
+BENCH_HARNESS ?= ../shared/bench
+bench: venv
+	mkdir -p benchmarks/results
+	$(BENCH_HARNESS)/compare.sh -- benchmarks/serve-for-bench.sh | tee benchmarks/results/compare-$$(date -u +%Y%m%dT%H%M%SZ).txt
+
+## bench-quick: tlsgate alone, proxy CPU per operation (for iterating on the hot path)
+bench-quick: venv
+	benchmarks/quick.sh
 
 typecheck: venv
 	$(VENV)/bin/mypy
