@@ -127,6 +127,8 @@ class Gate:
         if wait:
             for p in self.ports:
                 wait_port(p, proc=self.proc)
+            # ports answer once the first worker listens; "ready" means every worker started
+            self.wait_log(r"tlsgate\.node: tlsgate node \S+ ready", timeout=30)
         return self
 
     @property
