@@ -16,24 +16,42 @@ classes only report to it.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING, Any
 
-from ..tls.engine import IN_VIEW, TlsError
+from ..tls.engine import IN_VIEW, OUT_VIEW, TlsError
+
+_os_write = os.write
 
 if TYPE_CHECKING:
     from .gate import ClientGate
 
 
+def _fd_of(transport: asyncio.Transport) -> int:
+    """The socket fd for direct writes, or -1 when the transport must do the writing itself
+    (a TLS transport towards the broker: its bytes are not ours to put on the wire)."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (AttributeError, OSError):
+        return -1
+
+
 class ClientSide(asyncio.BufferedProtocol):
     """Client socket: ciphertext in -> plaintext to the broker."""
 
-    __slots__ = ("_decrypt", "_sess", "_up_write", "conn", "nbytes", "upstream_transport")
+    __slots__ = ("_decrypt", "_sess", "_up_fd", "_up_pending", "_up_write", "conn", "nbytes",
+                 "upstream_transport")
 
     def __init__(self, conn: ClientGate, sess: Any, upstream_transport: asyncio.Transport) -> None:
         self.conn = conn
         self._sess = sess
-        self._decrypt = sess.decrypt
+        self._decrypt = sess.decrypt_out
         self._up_write = upstream_transport.write
+        self._up_pending = upstream_transport.get_write_buffer_size
+        self._up_fd = _fd_of(upstream_transport)
         self.upstream_transport = upstream_transport
         self.nbytes = 0
 
@@ -42,13 +60,27 @@ class ClientSide(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
-            data = self._decrypt(nbytes)
+            total = self._decrypt(nbytes)
         except TlsError as exc:
             self.conn.close("tls error: " + exc.reason)
             return
-        if data:
-            self.nbytes += len(data)
-            self._up_write(data)
+        if total:
+            self.nbytes += total
+            # Straight from the shared buffer to the socket when nothing is queued (the
+            # usual case): no copy. What the socket does not take goes to the transport as
+            # a copy, and the transport's flow control takes over from there.
+            fd = self._up_fd
+            if fd >= 0 and not self._up_pending():
+                try:
+                    done = _os_write(fd, OUT_VIEW[:total])
+                except BlockingIOError:
+                    done = 0
+                except OSError:
+                    done = 0  # let the transport meet the error and report it
+                if done < total:
+                    self._up_write(OUT_VIEW[done:total].tobytes())
+            else:
+                self._up_write(OUT_VIEW[:total].tobytes())
         if self._sess.peer_closed:
             self.conn.client_eof("client sent close_notify")
 
@@ -69,12 +101,15 @@ class ClientSide(asyncio.BufferedProtocol):
 class UpstreamSide(asyncio.BufferedProtocol):
     """Broker socket: plaintext in -> ciphertext to the client."""
 
-    __slots__ = ("_client_write", "_encrypt", "client_transport", "conn", "nbytes", "transport")
+    __slots__ = ("_client_fd", "_client_pending", "_client_write", "_encrypt",
+                 "client_transport", "conn", "nbytes", "transport")
 
     def __init__(self, conn: ClientGate, sess: Any, client_transport: asyncio.Transport) -> None:
         self.conn = conn
-        self._encrypt = sess.encrypt_in
+        self._encrypt = sess.encrypt_out
         self._client_write = client_transport.write
+        self._client_pending = client_transport.get_write_buffer_size
+        self._client_fd = _fd_of(client_transport)
         self.client_transport = client_transport
         self.transport: asyncio.Transport | None = None
         self.nbytes = 0
@@ -88,9 +123,22 @@ class UpstreamSide(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.nbytes += nbytes
         try:
-            self._client_write(self._encrypt(nbytes))
+            total = self._encrypt(nbytes)
         except TlsError as exc:
             self.conn.close("tls error: " + exc.reason)
+            return
+        fd = self._client_fd
+        if fd >= 0 and not self._client_pending():
+            try:
+                done = _os_write(fd, OUT_VIEW[:total])
+            except BlockingIOError:
+                done = 0
+            except OSError:
+                done = 0
+            if done < total:
+                self._client_write(OUT_VIEW[done:total].tobytes())
+        else:
+            self._client_write(OUT_VIEW[:total].tobytes())
 
     def eof_received(self) -> bool:
         self.conn.upstream_eof()

@@ -46,6 +46,16 @@ _OUTBUF = bytearray(_OUTCAP)
 _OUT = _ffi.from_buffer(_OUTBUF)
 _OUT_MV = memoryview(_OUTBUF)
 
+#: Scratch for what the record layer sends on its own while plaintext sits in the output
+#: buffer (KeyUpdate answers, alerts) and for moving BIO contents.
+_AUXCAP = 64 * 1024
+_AUXBUF = bytearray(_AUXCAP)
+_AUX = _ffi.from_buffer(_AUXBUF)
+_AUX_MV = memoryview(_AUXBUF)
+#: The shared output buffer as a memoryview: ``decrypt_out``/``encrypt_out`` leave their
+#: result in ``OUT_VIEW[:n]`` for the caller to write without copying.
+OUT_VIEW = _OUT_MV
+
 _SSL_read = _lib.SSL_read
 _SSL_write = _lib.SSL_write
 _SSL_get_error = _lib.SSL_get_error
@@ -251,6 +261,48 @@ class ServerSession:
             self.recycle_bios()
         return data
 
+    def decrypt_out(self, n: int) -> int:
+        """:meth:`decrypt` without the copy: feed ``INBUF[:n]``, leave the plaintext in
+        ``OUT_VIEW[:result]`` (valid until the next engine call of any connection)."""
+        ssl = self._ssl
+        if n:
+            _BIO_write(self._rbio, _IN, n)
+        r = _SSL_read(ssl, _OUT, _OUTCAP)
+        total = 0
+        while r > 0:
+            total += r
+            r = _SSL_read(ssl, _OUT + total, _OUTCAP - total)
+        err = _SSL_get_error(ssl, r)
+        if err != _WANT_READ:
+            if err == _ZERO_RETURN:
+                self.peer_closed = True
+            else:
+                reason = self._describe(err)
+                self._flush_aux()
+                raise TlsError(reason)
+        o = _BIO_read(self._wbio, _AUX, _AUXCAP)
+        if o > 0:
+            self.send(_AUX_MV[:o].tobytes())
+            self._flush_aux()
+        if n > _RECYCLE_AT:
+            self.recycle_bios()
+        return total
+
+    def encrypt_out(self, n: int) -> int:
+        """:meth:`encrypt_in` without the copy: the ciphertext is ``OUT_VIEW[:result]``."""
+        if _SSL_write(self._ssl, _IN, n) != n:  # whole or nothing: partial writes are off
+            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["short write"]))
+        o = _BIO_read(self._wbio, _OUT, _OUTCAP)
+        if n > _RECYCLE_AT:
+            self.recycle_bios()
+        return o if o > 0 else 0
+
+    def _flush_aux(self) -> None:
+        n = _BIO_read(self._wbio, _AUX, _AUXCAP)
+        while n > 0:
+            self.send(_AUX_MV[:n].tobytes())
+            n = _BIO_read(self._wbio, _AUX, _AUXCAP)
+
     def encrypt_in(self, n: int) -> bytes:
         """Encrypt ``INBUF[:n]`` (plaintext from the broker); returns the ciphertext."""
         if _SSL_write(self._ssl, _IN, n) != n:  # whole or nothing: partial writes are off
@@ -284,11 +336,12 @@ class ServerSession:
 
     @staticmethod
     def _drain(bio: Any) -> bytes:
+        # through the scratch buffer: the output buffer may hold a result not written yet
         chunks = []
-        n = _BIO_read(bio, _OUT, _OUTCAP)
+        n = _BIO_read(bio, _AUX, _AUXCAP)
         while n > 0:
-            chunks.append(_OUT_MV[:n].tobytes())
-            n = _BIO_read(bio, _OUT, _OUTCAP)
+            chunks.append(_AUX_MV[:n].tobytes())
+            n = _BIO_read(bio, _AUX, _AUXCAP)
         return b"".join(chunks)
 
     def encrypt(self, data: bytes) -> bytes:
