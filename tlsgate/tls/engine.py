@@ -56,6 +56,7 @@ _WANT_WRITE = _lib.SSL_ERROR_WANT_WRITE
 _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
 _WANT_LOOKUP = _lib.SSL_ERROR_WANT_X509_LOOKUP
 _X509_V_OK = 0
+_PARTIAL_WRITE = _lib.SSL_MODE_ENABLE_PARTIAL_WRITE
 
 
 class TlsError(Exception):
@@ -88,6 +89,8 @@ HUMAN_REASONS = {
     "wrong version number": "client did not speak TLS (garbage or plain MQTT on the TLS port)",
     "packet length too long": "client did not speak TLS (garbage or plain MQTT on the TLS port)",
     "unsupported protocol": "client offered only TLS versions this listener does not allow",
+    # an SSLv3 (or otherwise too old) ClientHello: OpenSSL 4 says this instead
+    "version too low": "client offered only TLS versions this listener does not allow",
     "no shared cipher": "no cipher suite in common with the client",
     "peer did not return a certificate": "client sent no certificate (fail_if_no_peer_cert)",
     "certificate verify failed": "client certificate verify failed",
@@ -112,6 +115,11 @@ class ServerSession:
         conn.set_accept_state()
         self.conn = conn
         self._ssl = conn._ssl
+        # pyOpenSSL turns on partial writes for every context: SSL_write would then encrypt
+        # one record (16 KiB) per call and report the rest as not written. encrypt_in/encrypt
+        # hand a whole socket read (up to 256 KiB) to one SSL_write, so that mode would drop
+        # everything past the first record. Into a memory BIO a full write always succeeds.
+        _lib.SSL_clear_mode(self._ssl, _PARTIAL_WRITE)
         self._rbio = conn._into_ssl
         self._wbio = conn._from_ssl
         #: Sends ciphertext to the client (the client transport's ``write``).
@@ -221,7 +229,7 @@ class ServerSession:
 
     def encrypt_in(self, n: int) -> bytes:
         """Encrypt ``INBUF[:n]`` (plaintext from the broker); returns the ciphertext."""
-        if _SSL_write(self._ssl, _IN, n) <= 0:
+        if _SSL_write(self._ssl, _IN, n) != n:  # all or nothing (partial writes are off)
             raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
         o = _BIO_read(self._wbio, _OUT, _OUTCAP)
         return _OUT_MV[:o].tobytes() if o > 0 else b""
@@ -230,7 +238,7 @@ class ServerSession:
         """Encrypt arbitrary plaintext (CONNACK refusals, buffered data)."""
         if not data:
             return b""
-        if _SSL_write(self._ssl, data, len(data)) <= 0:
+        if _SSL_write(self._ssl, data, len(data)) != len(data):
             raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
         chunks = []
         o = _BIO_read(self._wbio, _OUT, _OUTCAP)
