@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck check venv bench clean
+.PHONY: run test lint typecheck check venv bench clean fuzz
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ run: venv
 ## test: the whole test suite (needs mosquitto, mosquitto-clients, openssl: see .ci/run)
 test: venv
 	$(PY) -m pytest -q -ra
+
+## fuzz: every network-facing parser under atheris, FUZZ_SECONDS (60) each; corpus in fuzz/corpus
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	$(PY) -m pip install -q -e '.[fuzz]' || echo "atheris did not install: hypothesis fallback"
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check tlsgate tests
