@@ -869,7 +869,7 @@ def main() -> int:
                     "publishes")
     ap.add_argument("--size", type=int, default=100, help="payload bytes")
     ap.add_argument("--reload-every", type=float, default=15, help="SIGHUP period (0 = none)")
-    ap.add_argument("--broker-down", type=float, default=3, help="seconds the broker stays "
+    ap.add_argument("--broker-down", type=float, default=8, help="seconds the broker stays "
                     "dead")
     ap.add_argument("--hostile", type=float, default=20, help="hostile clients per second")
     ap.add_argument("--handshake-timeout", type=int, default=5)

@@ -17,7 +17,11 @@ the contract the gateway relies on:
 * ``control_frames`` -- :class:`tlsgate.server.control.ControlPeer` reading a byte stream: it
   must end (EOF or refusal of garbage) without an exception escaping, and every frame it writes
   back is a well-formed reply.
-* ``cluster_frames`` -- TODO: added when ``tlsgate/cluster/protocol.py`` lands on main.
+* ``cluster_frames`` -- :class:`tlsgate.cluster.protocol.Decoder` (bytes from another node,
+  inside mutual TLS): only ProtocolError; the same messages whether the bytes come in one piece
+  or two; every decoded message re-encodes and decodes to itself. Registered only when
+  ``tlsgate.cluster.protocol`` exists (it is being written on the cluster branch; the target
+  and its seed corpus were checked against that branch's module).
 
 ``seeds()`` builds the starting corpus (``python -m fuzz.run --seed`` writes it to fuzz/corpus/).
 """
@@ -203,12 +207,46 @@ def fuzz_control_frames(data: bytes) -> None:
         out = out[4 + n:]
 
 
+# ---------------------------------------------------------------------------- cluster frames
+try:
+    from tlsgate.cluster import protocol as cluster_protocol
+except ImportError:  # not on this branch yet
+    cluster_protocol = None  # type: ignore[assignment,unused-ignore]
+
+
+def _cluster_messages(chunks: list[bytes]) -> tuple[list[Any], str | None]:
+    assert cluster_protocol is not None
+    dec = cluster_protocol.Decoder()
+    out: list[Any] = []
+    try:
+        for chunk in chunks:
+            dec.feed(chunk)
+            while (msg := dec.next()) is not None:
+                out.append(msg)
+    except cluster_protocol.ProtocolError as exc:
+        return out, str(exc) or type(exc).__name__
+    return out, None
+
+
+def fuzz_cluster_frames(data: bytes) -> None:
+    assert cluster_protocol is not None
+    whole, err = _cluster_messages([data])
+    cut = len(data) // 2
+    split, err2 = _cluster_messages([data[:cut], data[cut:]])
+    assert whole == split and (err is None) == (err2 is None), (whole, split, err, err2)
+    for msg in whole:
+        again, e = _cluster_messages([cluster_protocol.encode(msg)])
+        assert e is None and again == [msg], (msg, again, e)
+
+
 TARGETS: dict[str, Target] = {
     "mqtt_connect": fuzz_mqtt_connect,
     "mqtt_connack": fuzz_mqtt_connack,
     "proxy_header": fuzz_proxy_header,
     "control_frames": fuzz_control_frames,
 }
+if cluster_protocol is not None:
+    TARGETS["cluster_frames"] = fuzz_cluster_frames
 
 
 # ---------------------------------------------------------------------------- seeds
@@ -256,8 +294,19 @@ def seeds() -> dict[str, list[bytes]]:
         _frame({"id": 1, "ok": True, "result": None}),
         _frame({"id": 1, "ok": False, "error": "x"}),
     ]
-    return {"mqtt_connect": connects, "mqtt_connack": connacks, "proxy_header": proxies,
-            "control_frames": control}
+    out = {"mqtt_connect": connects, "mqtt_connack": connacks, "proxy_header": proxies,
+           "control_frames": control}
+    if cluster_protocol is not None:
+        cp = cluster_protocol
+        msgs: list[Any] = [
+            cp.Hello(cluster="c1", node="n1", boot="b00t", listen_host="127.0.0.1",
+                     listen_port=4370, version="0.1.0"),
+            cp.Refuse(reason="cluster name differs"), cp.Bye(reason="stopping"),
+        ]
+        frames = [cp.encode(m) for m in msgs]
+        out["cluster_frames"] = [*frames, b"".join(frames),
+                                 b"TG\x01\x00\x00\x00\x00\x07{\"t\":1}"]
+    return out
 
 
 __all__ = ["TARGETS", "seeds"]
