@@ -72,3 +72,10 @@ def setup(level: str = "info", fmt: str = "text", file: str = "", access: bool =
     root.setLevel(level.upper())
     root.propagate = False
     access_log.disabled = not access
+    # Lines carry our own process tag: skip the getpid()/thread lookups per LogRecord.
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    from .accesslog import access as fast_access
+
+    fast_access.configure(enabled=access, fmt=fmt, file=file, tag=tag)

@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ..accesslog import access
 from ..mqtt import (
     KEEP,
     Connect,
@@ -41,7 +42,6 @@ from .record import ConnRecord
 from .relay import ClientSide, Relay, UpstreamSide
 
 log = logging.getLogger("tlsgate.gateway")
-access_log = logging.getLogger("tlsgate.access")
 
 # Phases before the relay takes over.
 _PROXY, _HANDSHAKE, _POST_HS, _CONNECT, _ADMIT, _RELAY, _CLOSED = range(7)
@@ -57,6 +57,12 @@ def _split_addr(addr: str) -> tuple[str, int]:
 
 
 class ClientGate(asyncio.BufferedProtocol):
+    # Slots: one of these lives as long as its connection (idle memory per connection).
+    __slots__ = ("client_done", "ctx", "guard", "held", "live_registered", "lst",
+                 "no_close_notify", "over_limit", "peer_cert", "pending", "phase",
+                 "proxied_dst", "proxied_src", "rec", "relay", "sess", "t0", "task", "timer",
+                 "transport", "upstream_done", "upstream_transport")
+
     def __init__(self, lst: ListenerRuntime) -> None:
         self.lst = lst
         self.ctx = lst.context
@@ -100,7 +106,7 @@ class ClientGate(asyncio.BufferedProtocol):
                            "proxy_protocol_trusted")
                 return
             self.phase = _PROXY
-            self.timer = asyncio.get_running_loop().call_later(
+            self.timer = self.lst.loop.call_later(
                 lst.cfg.proxy_protocol_timeout, self._timeout, "proxy_timeout",
                 "no complete PROXY header within proxy_protocol_timeout")
             return
@@ -123,7 +129,7 @@ class ClientGate(asyncio.BufferedProtocol):
         self.sess = self.ctx.new_session(self.transport.write)
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(
+        self.timer = self.lst.loop.call_later(
             lst.handshake_timeout, self._timeout, "handshake_timeout",
             "TLS handshake not finished within handshake_timeout")
 
@@ -159,7 +165,7 @@ class ClientGate(asyncio.BufferedProtocol):
                 self.sess.feed_in(nbytes)
             elif phase in (_CONNECT, _ADMIT):
                 assert self.sess is not None
-                data = self.sess.decrypt(nbytes)
+                data = self.sess.read_plain(nbytes)
                 if data:
                     self.pending += data
                 if phase == _CONNECT:
@@ -264,7 +270,7 @@ class ClientGate(asyncio.BufferedProtocol):
         rec.alpn = alpn.decode("ascii", "replace") if alpn else None
         rec.session_reused = sess.session_reused
         # The connect timer also bounds a pending revocation verdict.
-        self.timer = asyncio.get_running_loop().call_later(
+        self.timer = self.lst.loop.call_later(
             lst.mqtt.connect_timeout, self._timeout, "connect_timeout",
             "no complete CONNECT within connect_timeout")
         guard = self.guard
@@ -274,7 +280,7 @@ class ClientGate(asyncio.BufferedProtocol):
                 self.phase = _POST_HS
                 assert self.transport is not None
                 self.transport.pause_reading()
-                self.task = asyncio.get_running_loop().create_task(
+                self.task = self.lst.loop.create_task(
                     self._resolve(), name=f"revocation verdict {rec.id}")
                 return
             if not self._verdict(verdict):
@@ -357,7 +363,7 @@ class ClientGate(asyncio.BufferedProtocol):
             return
         self.phase = _ADMIT
         self.transport.pause_reading()
-        self.task = asyncio.get_running_loop().create_task(
+        self.task = self.lst.loop.create_task(
             self._admit(connect), name=f"admit {rec.id}")
 
     def _mapped_connect(self, connect: Connect) -> bytes:
@@ -414,7 +420,7 @@ class ClientGate(asyncio.BufferedProtocol):
         assert rec is not None and sess is not None and self.transport is not None
         up = lst.upstream
         host, port = _split_addr(up.address)
-        loop = asyncio.get_running_loop()
+        loop = lst.loop
         client_t = self.transport
         tls = lst.upstream_tls
         extra: dict[str, Any] = {}
@@ -424,10 +430,9 @@ class ClientGate(asyncio.BufferedProtocol):
             extra = {"ssl": tls.context, "server_hostname": tls.server_hostname(host),
                      "ssl_handshake_timeout": up.connect_timeout}
         try:
-            transport, upstream = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamSide(self, sess, client_t), host, port,
-                                       **extra),
-                up.connect_timeout)
+            async with asyncio.timeout(up.connect_timeout):  # cheaper than wait_for: no task
+                transport, upstream = await loop.create_connection(
+                    lambda: UpstreamSide(self, sess, client_t), host, port, **extra)
         except (TimeoutError, OSError) as exc:
             if isinstance(exc, TimeoutError):
                 what = "timed out"
@@ -543,7 +548,7 @@ class ClientGate(asyncio.BufferedProtocol):
 
     def _half_close_timer(self, reason: str) -> None:
         if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(
+            self.timer = self.lst.loop.call_later(
                 HALF_CLOSE_TIMEOUT, self.close, reason + " (half-close timed out)")
 
     def client_lost(self, exc: Exception | None) -> None:
@@ -599,8 +604,8 @@ class ClientGate(asyncio.BufferedProtocol):
     def _log_access(self) -> None:
         rec = self.rec
         assert rec is not None
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("connection closed", extra={"fields": rec.access_fields()})
+        if access.enabled:
+            access.write(rec.access_fields())
 
 
 def _der(cert: Any) -> bytes:

@@ -7,6 +7,7 @@ flight keep what they started with.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,8 @@ AdmissionCheck = Callable[["ConnRecord", "Connect"], Awaitable["tuple[Refusal, s
 class ListenerRuntime:
     def __init__(self, kind: str, name: str, cfg: ListenerBase, mqtt: MqttConfig,
                  upstream: UpstreamConfig, context: Any, registry: Registry) -> None:
+        #: The event loop (cached: asyncio.get_running_loop() costs a getpid() syscall here).
+        self.loop = asyncio.get_running_loop()
         self.kind = kind
         self.name = name
         self.key = f"listeners.{kind}.{name}"

@@ -19,6 +19,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from ..accesslog import access
 from ..auth import AuthConfigError, AuthRequest, HttpAuthenticator
 from ..config import Config, ConfigError, Problem
 from ..config.schema import ListenerBase
@@ -331,3 +332,4 @@ class Gateway:
             if auth is not None:
                 await auth.close()
         await self.revocation.close()
+        access.flush()

@@ -566,9 +566,10 @@ class GmSession:
             n = int(lib.BIO_read(self._wbio, t.addr, _OUTCAP))
 
     # -------------------------------------------------------------- after the handshake
-    def read_plain(self) -> bytes:
-        """Decrypt whatever is buffered (after ``feed``)."""
-        return self.decrypt(0)
+    def read_plain(self, n: int = 0) -> bytes:
+        """Feed ``INBUF[:n]`` (if any) and decrypt whatever is buffered; the pre-relay twin
+        of :meth:`decrypt` (same interface as the pyOpenSSL engine's)."""
+        return self.decrypt(n)
 
     def decrypt(self, n: int) -> bytes:
         """Feed ``INBUF[:n]`` and return all plaintext it completes (b"" if none).
