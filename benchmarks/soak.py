@@ -39,6 +39,9 @@ carries the client id, a sequence number and a checksum. Accounting, per message
   came back with a sequence number that was never published. Should be 0. Duplicates (QoS 1
   may duplicate) are only counted.
 
+Every connection attempt, first or re-, waits for a slot (at most ``--rate`` per second for the
+whole fleet); a failed attempt backs off exponentially with jitter (1, 2, 4... 30 s).
+
 Connections: a connection that ends while the broker is up, outside the window from the kill to
 ``--broker-down`` + 10 s after it, is an **unexpected drop** (a reload must not drop anyone).
 Should be 0. Connection attempts that fail are **refused**, by reason and by whether the broker
@@ -281,6 +284,18 @@ class World:
     reload_cert_seen: int = 0
     lost_examples: list[str] = field(default_factory=list)
 
+    next_slot: float = 0.0
+
+    async def connect_slot(self) -> None:
+        """Pace every connection attempt (first ones and reconnects) to --rate per second, as
+        a fleet with jittered back-off does: without it a 10k reconnect storm is bound by this
+        one client process, whose TLS handshakes then miss tlsgate's handshake_timeout."""
+        now = time.monotonic()
+        t = max(now, self.next_slot)
+        self.next_slot = t + 1.0 / self.args.rate
+        if t > now:
+            await asyncio.sleep(t - now)
+
     def drop_expected(self, now: float) -> bool:
         return self.broker_down or now <= self.expected_drop_until or self.stopping
 
@@ -501,7 +516,11 @@ class Client:
     async def run(self, start_delay: float) -> None:
         w = self.world
         await asyncio.sleep(start_delay)
+        failures = 0
         while not w.stopping:
+            await w.connect_slot()
+            if w.stopping:
+                break
             try:
                 conn = await self.connect()
             except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
@@ -509,8 +528,10 @@ class Client:
                 why = re.sub(r"\d+\.\d+\.\d+\.\d+|:\d+", "", why)[:60]
                 when = "broker down" if w.drop_expected(time.monotonic()) else "broker up"
                 w.refused[f"{why} ({when})"] += 1
-                await asyncio.sleep(random.uniform(0.5, 3.0))
+                failures += 1
+                await asyncio.sleep(random.uniform(0.5, 1.0) * min(30.0, 2.0 ** failures))
                 continue
+            failures = 0
             w.connects += 1
             w.connected_now += 1
             self.conn = conn
@@ -760,7 +781,7 @@ async def soak(args: argparse.Namespace) -> int:
     sources = [f"127.0.0.{2 + i}" for i in range(args.sources)]
     clients = [Client(n, world, ctx, sources[n % len(sources)]) for n in range(args.clients)]
     ramp = args.clients / args.rate
-    tasks = [asyncio.create_task(c.run(n / args.rate)) for n, c in enumerate(clients)]
+    tasks = [asyncio.create_task(c.run(0.0)) for c in clients]  # paced by connect_slot
     # ramp-up
     t0 = time.monotonic()
     while world.connected_now < args.clients and time.monotonic() - t0 < ramp + 120:
