@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck check venv bench clean fuzz
+.PHONY: run test lint typecheck check venv bench clean docs docs-check fuzz
 
 venv: $(STAMP)
 
@@ -35,6 +35,17 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 check: lint typecheck
+
+## docs: regenerate the configuration reference (English and Chinese) from the config schema
+docs: venv
+	$(VENV)/bin/tlsgate config-reference -o docs/configuration.md
+	$(VENV)/bin/tlsgate config-reference --lang zh -o docs/zh/configuration.md
+
+## docs-check: the committed reference is what the schema generates; the docs' snippets run
+docs-check: venv
+	$(VENV)/bin/tlsgate config-reference --check
+	$(VENV)/bin/tlsgate config-reference --lang zh --check
+	$(PY) -m pytest -q -ra tests/docs
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

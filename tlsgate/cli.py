@@ -67,7 +67,7 @@ def serve(path: str | None) -> None:
               help="Config file (TOML).")
 def check_config(path: str) -> None:
     """Load a config file and everything it names (certificates, keys, CAs); list problems."""
-    from .config.check import check
+    from .config.check import check, notes
 
     problems = check(path)
     if problems:
@@ -75,7 +75,57 @@ def check_config(path: str) -> None:
         for p in problems:
             click.echo(f"  {path}: {p}", err=True)
         sys.exit(2)
+    for note in notes(path):
+        click.echo(f"  note: {path}: {note}", err=True)
     click.echo(f"{path}: OK")
+
+
+@cli.command("config-reference")
+@click.option("--lang", type=click.Choice(["en", "zh"]), default="en", show_default=True,
+              help="Language of the page.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the page to this file (default: standard output).")
+@click.option("--check", is_flag=True,
+              help="Compare with the file (--output, default docs/configuration.md or "
+                   "docs/zh/configuration.md) instead of writing; exit 1 if it differs.")
+@click.option("--todo", is_flag=True,
+              help="zh: print reference_zh.py entries for missing or stale translations.")
+def config_reference(lang: str, output: str | None, check: bool, todo: bool) -> None:
+    """The configuration reference (Markdown), generated from the config schema."""
+    from .config import reference as ref
+
+    if todo:
+        from .config.reference_zh import ZH
+
+        click.echo(ref.todo(ref.tables(), ZH) or "# every key and table is translated")
+        return
+    try:
+        text = ref.render("zh" if lang == "zh" else "en")
+    except (ref.ReferenceError, ref.TranslationError) as exc:
+        click.echo(f"config-reference: cannot generate the {lang} page:\n{exc}", err=True)
+        if isinstance(exc, ref.TranslationError):
+            click.echo("(`tlsgate config-reference --lang zh --todo` prints the entries to add)",
+                       err=True)
+        sys.exit(1)
+    if check:
+        path = Path(output or ref.OUTPUT[lang])
+        try:
+            current = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            click.echo(f"{path}: cannot read it ({exc.strerror}); run `make docs`", err=True)
+            sys.exit(1)
+        if current != text:
+            click.echo(f"{path} is not what the schema generates: run `make docs` and commit "
+                       "the result", err=True)
+            sys.exit(1)
+        click.echo(f"{path}: up to date")
+        return
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
 
 
 def _attach_optional() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import importlib.util
+import ipaddress
 import os
 import socket
 import struct
@@ -51,6 +52,7 @@ FUNCTIONS: dict[str, tuple[Any, list[Any]]] = {
     "SSL_ctrl": (c_long, [P, c_int, c_long, P]),
     "SSL_get0_param": (P, [P]),
     "X509_VERIFY_PARAM_set1_host": (c_int, [P, c_char_p, c_size_t]),
+    "X509_VERIFY_PARAM_set1_ip_asc": (c_int, [P, c_char_p]),
     "SSL_connect": (c_int, [P]), "SSL_read": (c_int, [P, P, c_int]),
     "SSL_write": (c_int, [P, c_char_p, c_int]), "SSL_shutdown": (c_int, [P]),
     "SSL_get_version": (c_char_p, [P]), "SSL_get_current_cipher": (P, [P]),
@@ -123,8 +125,13 @@ class GmTls:
         lib.SSL_CTX_free(ctx)  # the connection keeps its own reference
         lib.SSL_set_fd(self.ssl, self.sock.fileno())
         name = a.servername or a.host
-        lib.SSL_ctrl(self.ssl, CTRL_SET_HOSTNAME, 0, name.encode())
-        lib.X509_VERIFY_PARAM_set1_host(lib.SSL_get0_param(self.ssl), name.encode(), 0)
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:  # a host name: SNI + name check
+            lib.SSL_ctrl(self.ssl, CTRL_SET_HOSTNAME, 0, name.encode())
+            lib.X509_VERIFY_PARAM_set1_host(lib.SSL_get0_param(self.ssl), name.encode(), 0)
+        else:  # an address: no SNI (RFC 6066), check the certificate's IP SAN instead
+            lib.X509_VERIFY_PARAM_set1_ip_asc(lib.SSL_get0_param(self.ssl), name.encode())
         if lib.SSL_connect(self.ssl) != 1:
             sys.exit(f"GM TLS handshake failed: {tls_errors(lib)}")
         self.buf = ctypes.create_string_buffer(16384)

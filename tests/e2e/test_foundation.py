@@ -252,3 +252,38 @@ def test_sigterm_stops_gracefully(tmp_path: Path, pki: Pki, broker: Mosquitto,
     assert res.disconnected.wait(10)
     c.loop_stop()
     assert "stopped" in g.log_text()
+
+
+def test_large_messages_both_ways_arrive_intact(gate: Gate, broker: Mosquitto, pki: Pki,
+                                                tmp_path: Path) -> None:
+    """1 MiB payloads: many TLS records per socket read, chunks far above 16 KiB, in both
+    directions (a partial SSL_write once dropped everything after the first record)."""
+    import hashlib
+    import os
+    import subprocess
+
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(1 << 20))
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    # broker -> tlsgate -> client
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "localhost", "-p", str(gate.one),  # type: ignore[attr-defined]
+                            *tls_args(pki.ca_pem), "-t", "t/big-down", "-C", "1", "-W", "20",
+                            "-N"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    broker.wait_log(r"\d+ t/big-down")
+    r = subprocess.run(["mosquitto_pub", "-h", "localhost", "-p", str(broker.port), "-t",
+                        "t/big-down", "-f", str(payload)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    out, err = sub.communicate(timeout=30)
+    assert hashlib.sha256(out).hexdigest() == digest, (len(out), err)
+    # client -> tlsgate -> broker
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "localhost", "-p", str(broker.port),
+                            "-t", "t/big-up", "-C", "1", "-W", "20", "-N"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    broker.wait_log(r"\d+ t/big-up")
+    r = subprocess.run(["mosquitto_pub", "-h", "localhost", "-p", str(gate.one),  # type: ignore[attr-defined]
+                        "-t", "t/big-up", "-f", str(payload), *tls_args(pki.ca_pem)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    out, err = sub.communicate(timeout=30)
+    assert hashlib.sha256(out).hexdigest() == digest, (len(out), err)

@@ -151,3 +151,18 @@ def test_gm_and_tls_listeners_in_one_process(sm2: Any, pki: Any, broker: Mosquit
         assert gmclient(gp, "tls13", sm2, send_hex=_mqtt("mix-gm", "mix", b"1"), expect=4)["ok"]
         r = mosquitto_pub(tp, "mix", "2", *tls_args(pki.ca_pem))
         assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("protocol", ["tlcp", "tls13"])
+def test_the_gm_example_publishes_by_ip_address(protocol: str, sm2: Any, gmgate: Gate,
+                                                broker: Mosquitto) -> None:
+    from tests.procs import REPO
+
+    sub = Sub(broker.port, f"demo/gm-{protocol}")
+    time.sleep(0.3)
+    r = subprocess.run([sys.executable, str(REPO / "examples/gm/gm_publish.py"), "--host",
+                        "127.0.0.1", "--port", str(gmgate.one), "--protocol", protocol,  # type: ignore[attr-defined]
+                        "--cafile", str(sm2.ca_cert), "--topic", f"demo/gm-{protocol}",
+                        "--message", "by address"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sub.wait()[1].strip() == f"demo/gm-{protocol} by address"

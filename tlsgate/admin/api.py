@@ -78,7 +78,7 @@ BANS: web.AppKey[NodeBans] = web.AppKey("bans", NodeBans)
 TOKEN: web.AppKey[TokenSource] = web.AppKey("token", object)  # type: ignore[arg-type]
 METRICS: web.AppKey[MetricsRenderer] = web.AppKey("metrics", MetricsRenderer)
 
-PUBLIC_PATHS = frozenset({"/", "/metrics", "/api/v1/openapi.json", "/favicon.ico"})
+PUBLIC_PATHS = frozenset({"/", "/metrics", "/api/v1/openapi.json", "/favicon.ico", "/healthz"})
 
 
 # ------------------------------------------------------------------------------------------
@@ -367,6 +367,18 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(doc)
 
 
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness/readiness for probes (no token, no identities): 200 when every configured
+    worker answers, 503 otherwise (e.g. a worker is being restarted)."""
+    node = _node(request)
+    want = node.config.node.worker_count()
+    ok, errors = await _ask(node, "status")
+    up = len(ok)
+    code = 200 if up >= want and not errors else 503
+    return web.json_response({"status": "ok" if code == 200 else "degraded",
+                              "workers_up": up, "workers": want}, status=code)
+
+
 async def listeners(request: web.Request) -> web.Response:
     node = _node(request)
     cfg: Config = node.config
@@ -403,13 +415,23 @@ async def connections(request: web.Request) -> web.Response:
     filters = {k: request.query[k] for k in
                ("clientid", "username", "cn", "psk_identity", "peer", "listener")
                if request.query.get(k)}
-    ok, errors = await _ask(node, "conn_query", first=page * limit, **filters)
     count = 0
     merged: list[dict[str, Any]] = []
-    for index, res in ok:
-        count += res["count"]
-        merged.extend(_with_worker(index, r) for r in res["data"])
-    merged.sort(key=lambda r: (r["connected_at"], r["worker"], r["conn_id"]))
+    if (request.query.get("cluster") or "").lower() in ("1", "true", "yes"):
+        # every node of the cluster; ids are <worker>.<id>@<node>
+        find = getattr(getattr(node, "cluster", None), "find_connections", None)
+        if not callable(find):
+            raise ApiError(409, "cluster_disabled",
+                           "cluster=true needs [cluster] enable = true on this node")
+        res = await find(filters, first=page * limit)
+        count, merged, errors = res["count"], list(res["data"]), list(res["errors"])
+        merged.sort(key=lambda r: (r["connected_at"], r["node"], r["worker"], r["conn_id"]))
+    else:
+        ok, errors = await _ask(node, "conn_query", first=page * limit, **filters)
+        for index, res in ok:
+            count += res["count"]
+            merged.extend(_with_worker(index, r) for r in res["data"])
+        merged.sort(key=lambda r: (r["connected_at"], r["worker"], r["conn_id"]))
     data = merged[(page - 1) * limit:page * limit]
     return web.json_response({
         "data": data,
@@ -438,14 +460,52 @@ async def _find_connection(node: Any, cid: str) -> tuple[int, dict[str, Any]]:
     return found[0]
 
 
+def _on_other_node(node: Any, cid: str) -> tuple[Any, str, str] | None:
+    """``<worker>.<id>@<node>`` naming another cluster node: (cluster, node, local id)."""
+    local, at, target = cid.rpartition("@")
+    if not at or target == node.config.node.name:
+        return None
+    cluster = getattr(node, "cluster", None)
+    if cluster is None or not hasattr(cluster, "kick"):
+        raise ApiError(404, "not_found", f"no live connection {cid} (the cluster is not "
+                                         "enabled on this node)")
+    return cluster, target, local
+
+
+async def _remote_call(coro: Awaitable[Any], cid: str) -> Any:
+    try:
+        return await coro
+    except Exception as exc:  # ClusterError, TimeoutError: the node is not reachable
+        raise ApiError(502, "cluster_error", f"{cid}: {exc or 'the node did not answer'}"
+                       ) from None
+
+
 async def connection(request: web.Request) -> web.Response:
-    worker, rec = await _find_connection(_node(request), request.match_info["id"])
+    node = _node(request)
+    cid = request.match_info["id"]
+    other = _on_other_node(node, cid)
+    if other is not None:
+        cluster, target, local = other
+        rec = await _remote_call(cluster.connection(target, local), cid)
+        if rec is None:
+            raise ApiError(404, "not_found", f"no live connection {cid}")
+        return web.json_response(rec)
+    worker, rec = await _find_connection(node, cid.rpartition("@")[0] or cid)
     return web.json_response(_with_worker(worker, rec))
 
 
 async def kick(request: web.Request) -> web.Response:
     node = _node(request)
     cid = request.match_info["id"]
+    other = _on_other_node(node, cid)
+    if other is not None:
+        cluster, target, local = other
+        reason = f"kicked by operator ({_who(request)} via node {node.config.node.name})"
+        if not await _remote_call(cluster.kick(target, local, reason), cid):
+            raise ApiError(404, "not_found", f"no live connection {cid}")
+        log.info("admin API: kicked connection %s at the request of %s", cid, _who(request))
+        return web.json_response({"id": cid, "kicked": True})
+    cid = cid.rpartition("@")[0] or cid
     worker, rec = await _find_connection(node, cid)
     reason = f"kicked by operator ({_who(request)})"
     done = await _ask_one(node, worker, "kick", id=rec["id"], reason=reason)
@@ -633,6 +693,7 @@ def make_app(node: Any, bans: NodeBans, token: TokenSource) -> web.Application:
     r.add_get("/metrics", metrics)
     r.add_get("/api/v1/openapi.json", openapi)
     r.add_get("/api/v1/status", status)
+    r.add_get("/healthz", healthz)
     r.add_get("/api/v1/listeners", listeners)
     r.add_get("/api/v1/connections", connections)
     r.add_get("/api/v1/connections/{id}", connection)

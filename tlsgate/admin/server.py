@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import ssl
+from types import SimpleNamespace
 from typing import Any
 
 from aiohttp import web
@@ -129,6 +130,30 @@ def build_ssl_context(opts: DashboardSsl, source: str) -> ssl.SSLContext:
     return ctx
 
 
+def validate(cfg: DashboardConfig, source: str, token: TokenSource | None = None, *,
+             warn: bool = False) -> ssl.SSLContext | None:
+    """Everything about ``[dashboard]`` a start checks (token readable, no token only on a
+    loopback address, the TLS files); the TLS context when ``ssl.enable``. Raises ConfigError
+    naming the key. Used by the service and by ``tlsgate check-config``."""
+    host, _ = split_hostport(cfg.listen)
+    if token is None:
+        token = TokenSource(SimpleNamespace(config=SimpleNamespace(dashboard=cfg)))
+    value = token.check(source)
+    if value is None:
+        if not is_loopback(host) and not (cfg.ssl.enable and cfg.ssl.cacertfile):
+            raise ConfigError(source, [Problem(
+                "dashboard.token",
+                f"the admin API listens on {cfg.listen}, which is not a loopback address, "
+                "and no token is set: set dashboard.token or dashboard.token_file (or "
+                "listen on 127.0.0.1, or require client certificates with "
+                "dashboard.ssl.cacertfile)")])
+        if warn:
+            log.warning("dashboard.token is not set: anyone who can connect to %s can use the "
+                        "admin API (loopback only); set dashboard.token or token_file",
+                        cfg.listen)
+    return build_ssl_context(cfg.ssl, source) if cfg.ssl.enable else None
+
+
 class AdminService:
     """Node service (``node.services``): start()/stop()."""
 
@@ -150,19 +175,7 @@ class AdminService:
         cfg: DashboardConfig = self.node.config.dashboard
         source = self.node.path or "<config>"
         host, port = split_hostport(cfg.listen)
-        token = self.token.check(source)
-        if token is None:
-            if not is_loopback(host) and not (cfg.ssl.enable and cfg.ssl.cacertfile):
-                raise ConfigError(source, [Problem(
-                    "dashboard.token",
-                    f"the admin API listens on {cfg.listen}, which is not a loopback address, "
-                    "and no token is set: set dashboard.token or dashboard.token_file (or "
-                    "listen on 127.0.0.1, or require client certificates with "
-                    "dashboard.ssl.cacertfile)")])
-            log.warning("dashboard.token is not set: anyone who can connect to %s can use the "
-                        "admin API (loopback only); set dashboard.token or token_file",
-                        cfg.listen)
-        ssl_ctx = build_ssl_context(cfg.ssl, source) if cfg.ssl.enable else None
+        ssl_ctx = validate(cfg, source, self.token, warn=True)
         app = make_app(self.node, self.bans, self.token)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

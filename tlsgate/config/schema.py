@@ -49,7 +49,9 @@ class NodeConfig(Section):
                                   "Default: the host name.")
     data_dir: str = Field("var/tlsgate",
                           description="Directory for state kept across restarts: persisted OCSP "
-                                      "staples, CRL cache. Created if missing.")
+                                      "staples, the CRL cache, bans (bans.json) and TLS-PSK "
+                                      "identities added through the admin API "
+                                      "(psk-overlay.json, mode 0600). Created if missing.")
     workers: int = Field(0, ge=0, le=256,
                          description="Worker processes sharing the listening ports "
                                      "(SO_REUSEPORT). 0 = one per CPU.")
@@ -101,7 +103,7 @@ class MqttOverride(Section):
     peer_cert_as_clientid: IdentitySource | None = None
     psk_identity_as_username: bool | None = None
     connect_timeout: Duration | None = None
-    max_connect_size: Size | None = None
+    max_connect_size: Size | None = Field(None, ge=16)
 
     def apply(self, base: MqttConfig) -> MqttConfig:
         changes = {k: v for k, v in self.model_dump(exclude_none=True).items()}
@@ -279,12 +281,6 @@ class ListenerBase(Section):
 
 class SslListener(ListenerBase):
     ssl_options: ServerSslOptions = Field(default_factory=ServerSslOptions)
-
-    @model_validator(mode="after")
-    def _cert(self) -> SslListener:
-        if not self.ssl_options.certfile:
-            raise ValueError("ssl_options.certfile and ssl_options.keyfile are required")
-        return self
 
 
 class GmSslOptions(Section):
@@ -485,6 +481,12 @@ class Config(Section):
                     raise ValueError(f"listeners.{kind}.{name}.upstream = {lst.upstream!r} names "
                                      f"no [upstreams.{lst.upstream}] (have: "
                                      f"{', '.join(sorted(self.upstreams)) or 'none'})")
+        for name, slst in self.listeners.ssl.items():
+            if slst.enable and not slst.ssl_options.certfile \
+                    and not self.psk_authentication.enable:
+                raise ValueError(f"listeners.ssl.{name}.ssl_options: certfile and keyfile are "
+                                 "required (a listener without a certificate serves TLS-PSK "
+                                 "clients only: enable [psk_authentication])")
         binds: dict[str, str] = {}
         for kind, table in (("ssl", self.listeners.ssl), ("gm", self.listeners.gm)):
             for name, lst in table.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import ssl
 import time
@@ -552,10 +553,10 @@ class ClientGate(asyncio.BufferedProtocol):
                 HALF_CLOSE_TIMEOUT, self.close, reason + " (half-close timed out)")
 
     def client_lost(self, exc: Exception | None) -> None:
-        self.close("client closed" if exc is None else f"client connection lost: {exc}")
+        self.close(_lost("client", exc))
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        self.close("broker closed" if exc is None else f"broker connection lost: {exc}")
+        self.close(_lost("broker", exc))
 
     def close(self, reason: str) -> None:
         """Close both sockets (flushing what is buffered, with close_notify) and log once."""
@@ -606,6 +607,16 @@ class ClientGate(asyncio.BufferedProtocol):
         assert rec is not None
         if access.enabled:
             access.write(rec.access_fields())
+
+
+def _lost(who: str, exc: Exception | None) -> str:
+    """The access log's reason for a connection the other end ended."""
+    if exc is None or (isinstance(exc, OSError)
+                       and exc.errno in (errno.ENOTCONN, errno.EPIPE, errno.ESHUTDOWN)):
+        return f"{who} closed"
+    if isinstance(exc, ConnectionResetError):
+        return f"{who} reset the connection"
+    return f"{who} connection lost: {exc}"
 
 
 def _der(cert: Any) -> bytes:

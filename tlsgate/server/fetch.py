@@ -9,6 +9,14 @@ the responder one request per refresh, not N (SPEC §8, "fetched once, not per w
 Worker side: :func:`crl_fetcher` / :func:`ocsp_fetcher` return callables with the signatures
 ``CrlCache(fetcher=...)`` and ``OcspStapler(fetcher=...)`` expect; they ask the node over the
 control channel (op ``http_fetch``) and raise the module's own fetch errors on failure.
+
+In a cluster (``tlsgate.cluster``) the node asks the cluster before fetching: ``cluster`` is
+then set to a coroutine that gets the answer from the node that owns the URL (which fetches it
+once for everybody) or returns this node's own fetch when it is the owner or the owner cannot
+help. An answer from the cluster is shared if it is younger than the requester's *refresh
+interval* (``refresh``, sent by the worker; 2 × ``max_age`` when absent), not only
+``max_age``: nodes start at unrelated times, and with the shorter window two nodes whose
+refreshes are more than ``max_age`` apart would each cause a fetch per period.
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ class NodeFetcher:
         self._cache: dict[tuple[str, str, bytes], tuple[float, bytes]] = {}
         self.requests = 0      # HTTP requests actually made (for tests and metrics)
         self.served = 0        # answers given to workers
+        #: The cluster's fetch (set by tlsgate.cluster): ``(kind, url, body, timeout, window)
+        #: -> (body, age in seconds)``; None outside a cluster.
+        self.cluster: Callable[[str, str, bytes, float, float],
+                               Awaitable[tuple[bytes, float]]] | None = None
+        self._via_cluster: dict[tuple[str, str, bytes], asyncio.Task[bytes]] = {}
 
     async def handle(self, args: dict[str, Any]) -> dict[str, Any]:
         kind = str(args["kind"])
@@ -50,6 +63,17 @@ class NodeFetcher:
         hit = self._cache.get(key)
         if hit is not None and time.monotonic() - hit[0] <= max_age:
             return {"body": base64.b64encode(hit[1]).decode(), "cached": True}
+        cluster = self.cluster
+        if cluster is not None:
+            window = max(max_age, float(args.get("refresh") or 2.0 * max_age))
+            ctask = self._via_cluster.get(key)
+            if ctask is None:
+                ctask = asyncio.get_running_loop().create_task(
+                    self._from_cluster(cluster, key, timeout, window), name=f"fetch {url}")
+                self._via_cluster[key] = ctask
+                ctask.add_done_callback(lambda _t: self._via_cluster.pop(key, None))
+            data = await asyncio.shield(ctask)
+            return {"body": base64.b64encode(data).decode(), "cached": False}
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._fetch(kind, url, body, timeout),
@@ -58,6 +82,36 @@ class NodeFetcher:
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         data = await asyncio.shield(task)
         return {"body": base64.b64encode(data).decode(), "cached": False}
+
+    async def _from_cluster(self, cluster: Callable[[str, str, bytes, float, float],
+                                                    Awaitable[tuple[bytes, float]]],
+                            key: tuple[str, str, bytes], timeout: float, window: float) -> bytes:
+        data, age = await cluster(key[0], key[1], key[2], timeout, window)
+        fetched = time.monotonic() - max(0.0, age)
+        prev = self._cache.get(key)
+        if prev is None or prev[0] < fetched:
+            self._cache[key] = (fetched, data)
+        return data
+
+    async def fetch_shared(self, kind: str, url: str, body: bytes, timeout: float,
+                           max_age: float) -> tuple[bytes, float]:
+        """This node's answer younger than ``max_age``, or an HTTP fetch (shared with an
+        identical one in flight); ``(body, age in seconds)``. What the cluster asks of the node
+        that owns a URL -- it never asks the cluster again."""
+        key = (kind, url, body)
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] <= max_age:
+            return hit[1], now - hit[0]
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(kind, url, body, timeout),
+                                                          name=f"fetch {url}")
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        data = await asyncio.shield(task)
+        got = self._cache.get(key)
+        return data, (max(0.0, time.monotonic() - got[0]) if got is not None else 0.0)
 
     async def _fetch(self, kind: str, url: str, body: bytes, timeout: float) -> bytes:
         if self._session is None:
@@ -83,15 +137,19 @@ class NodeFetcher:
             self._session = None
 
 
-def crl_fetcher(peer: Callable[[], ControlPeer | None], max_age: Callable[[], float]
+def crl_fetcher(peer: Callable[[], ControlPeer | None], max_age: Callable[[], float],
+                refresh: Callable[[], float] | None = None
                 ) -> Callable[[str, float], Awaitable[bytes]]:
+    """``refresh``: the requester's refresh interval (how old a cluster-shared answer may be)."""
+
     async def fetch(url: str, timeout: float) -> bytes:
         p = peer()
         if p is None:
             raise CrlFetchError(f"{url}: the node process is not reachable")
+        extra = {"refresh": refresh()} if refresh is not None else {}
         try:
             r = await p.request("http_fetch", timeout=timeout + 5.0, kind="crl", url=url,
-                                timeout_s=timeout, max_age=max_age())
+                                timeout_s=timeout, max_age=max_age(), **extra)
         except (ControlError, TimeoutError) as exc:
             raise CrlFetchError(str(exc) or f"{url}: fetch failed") from None
         return base64.b64decode(r["body"])
@@ -99,16 +157,20 @@ def crl_fetcher(peer: Callable[[], ControlPeer | None], max_age: Callable[[], fl
     return fetch
 
 
-def ocsp_fetcher(peer: Callable[[], ControlPeer | None], max_age: Callable[[], float]
+def ocsp_fetcher(peer: Callable[[], ControlPeer | None], max_age: Callable[[], float],
+                 refresh: Callable[[], float] | None = None
                  ) -> Callable[[str, bytes, float], Awaitable[bytes]]:
+    """``refresh``: the requester's refresh interval (how old a cluster-shared answer may be)."""
+
     async def fetch(url: str, request: bytes, timeout: float) -> bytes:
         p = peer()
         if p is None:
             raise OcspFetchError(f"{url}: the node process is not reachable")
+        extra = {"refresh": refresh()} if refresh is not None else {}
         try:
             r = await p.request("http_fetch", timeout=timeout + 5.0, kind="ocsp", url=url,
                                 body=base64.b64encode(request).decode(), timeout_s=timeout,
-                                max_age=max_age())
+                                max_age=max_age(), **extra)
         except (ControlError, TimeoutError) as exc:
             raise OcspFetchError(str(exc) or f"{url}: fetch failed") from None
         return base64.b64decode(r["body"])

@@ -77,6 +77,8 @@ class Node:
         self.on_worker_started: list[Callable[[WorkerHandle], Awaitable[None]]] = []
         #: TLS-PSK identities (file + admin API overlay), None while PSK is disabled.
         self.psk: PskStore | None = None
+        #: The cluster (tlsgate.cluster.ClusterService) when [cluster] enable = true.
+        self.cluster: Any = None
         self._make_services()
 
     def _make_services(self) -> None:
@@ -88,6 +90,10 @@ class Node:
                 log.warning("the admin API is not part of this build; [dashboard] ignored")
             else:
                 self.services.append(service(self))
+        if self.config.cluster.enable:  # after the admin service: it shares node.bans
+            from ..cluster import ClusterService
+
+            self.services.append(ClusterService(self))
         from .watch import FileWatcher  # node.reload_on_change (idles while off)
 
         self.services.append(FileWatcher(self))
@@ -98,18 +104,21 @@ class Node:
         self._load_psk(self.config)
         self._check_ports_free(self.config)
         n = self.config.node.worker_count()
-        results = await asyncio.gather(*(self._spawn(i) for i in range(n)),
-                                       return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            await self.stop()
-            raise StartError(str(errors[0]))
+        # Node services first (admin API, cluster, file watcher): a bad [dashboard] or
+        # [cluster] setting stops the start before any worker exists, and once a client port
+        # answers, the admin API does too.
         try:
             for svc in self.services:
                 await svc.start()  # e.g. the admin API: ConfigError naming dashboard.listen
         except BaseException:
             await self.stop()
             raise
+        results = await asyncio.gather(*(self._spawn(i) for i in range(n)),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.stop()
+            raise StartError(str(errors[0]))
         binds = [f"{label} on {lst.bind}" for label, lst in self._enabled(self.config)]
         log.info("tlsgate node %s ready: %s (%d worker%s)", self.config.node.name,
                  ", ".join(binds), n, "" if n == 1 else "s")
@@ -122,28 +131,11 @@ class Node:
         return out
 
     def _check_ports_free(self, config: Config, skip: set[str] | None = None) -> None:
-        """Fail early with the key when a port is taken (SO_REUSEPORT would hide another
-        tlsgate on the same port: probe without it)."""
-        problems = []
-        for label, lst in self._enabled(config):
-            if skip and lst.bind in skip:
-                continue
-            host, port = split_hostport(lst.bind)
-            if port == 0:
-                continue
-            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(fam, socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((host, port))
-                except OSError as exc:
-                    kind, name = label.split(":", 1)
-                    why = "the port is in use" if exc.errno == errno.EADDRINUSE else \
-                        (exc.strerror or str(exc))
-                    problems.append(Problem(f"listeners.{kind}.{name}.bind",
-                                            f"cannot listen on {lst.bind}: {why}"))
+        problems = ports_taken(config, skip)
         if problems:
             raise ConfigError(self.path or "<config>", problems)
+
+
 
     async def _spawn(self, index: int) -> WorkerHandle:
         h = self.workers.get(index) or WorkerHandle(index)
@@ -258,9 +250,16 @@ class Node:
         psk_change = self._reload_psk(config)
         if psk_change is not None and psk_change.startswith("ERROR "):
             return ReloadResult(False, problems=[psk_change[6:]])
-        self.config = config
+        old_config, self.config = self.config, config
         self.toml_text = text
         changes: list[str] = [psk_change] if psk_change else []
+        for svc in self.services:  # services that care say what a reload means for them
+            hook = getattr(svc, "config_changed", None)
+            if hook is not None:
+                changes += hook(old_config, config)
+        if config.cluster.enable and self.cluster is None:
+            log.warning("[cluster] enable = true takes effect at the next restart of this node")
+            changes.append("cluster: enabling it needs a restart")
         problems: list[str] = []
         for h in list(self.workers.values()):
             if h.peer is None:
@@ -370,6 +369,10 @@ class Node:
 
 async def _validate(config: Config, path: str | None) -> None:
     """Load everything a worker will (raises ConfigError), then let go of it."""
+    if config.cluster.enable:  # [cluster.ssl] files load (ConfigError naming the key)
+        from ..cluster.channel import build_contexts
+
+        build_contexts(config.cluster, path or "<config>")
     gw = Gateway(config, path)
     built = gw.build(config)
     if built.authenticator is not None:
@@ -380,3 +383,27 @@ async def _validate(config: Config, path: str | None) -> None:
 
 def node_pid() -> int:
     return os.getpid()
+
+
+def ports_taken(config: Config, skip: set[str] | None = None) -> list[Problem]:
+    """Listener ports another process holds, each a Problem naming the key. Probed without
+    SO_REUSEPORT, which would otherwise hide another tlsgate on the same port."""
+    problems = []
+    for label, lst in Node._enabled(config):
+        if skip and lst.bind in skip:
+            continue
+        host, port = split_hostport(lst.bind)
+        if port == 0:
+            continue
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                kind, name = label.split(":", 1)
+                why = "the port is in use" if exc.errno == errno.EADDRINUSE else \
+                    (exc.strerror or str(exc))
+                problems.append(Problem(f"listeners.{kind}.{name}.bind",
+                                        f"cannot listen on {lst.bind}: {why}"))
+    return problems

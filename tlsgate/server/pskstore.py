@@ -15,6 +15,12 @@ Two layers:
 The merged table = file entries, then overlay secrets replace or add, tombstones remove. It is
 pushed to every worker in full (``psk_set``) whenever it changes; the worker's
 :class:`~tlsgate.psk_table.PskTable` answers handshakes.
+
+In a cluster (``file_changes_to_overlay``, set by ``tlsgate.cluster``), a reload that adds,
+changes or removes identities in the file records each of those changes in the overlay as well,
+so they replicate like API changes: an identity added to (or removed from) one node's file is
+usable (or refused) on every node. Only changes seen by a running node count: a file edited
+while the node is stopped is just loaded at the next start.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ class PskStore:
         self.on_change: list[Callable[[dict[bytes, bytes]], None]] = []
         #: called with (identity, entry) for every local overlay change (cluster replication)
         self.on_local_change: list[Callable[[bytes, OverlayEntry], None]] = []
+        #: the cluster sets this: file changes seen on reload become overlay changes
+        self.file_changes_to_overlay = False
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -91,7 +99,15 @@ class PskStore:
         except (PskError, OSError) as exc:
             return f"psk_authentication.init_file: {exc} (the previous identities stay)"
         self.cfg = cfg
-        self.file_entries = entries
+        old, self.file_entries = self.file_entries, entries
+        if self.file_changes_to_overlay:
+            changes = {i: entries.get(i) for i in old.keys() | entries.keys()
+                       if old.get(i) != entries.get(i)}
+            if changes:
+                self._local_many(changes)
+                log.info("PSK file %s: %d identity change(s) recorded for the cluster",
+                         cfg.init_file, len(changes))
+                return None
         self._recompute()
         return None
 
@@ -162,16 +178,23 @@ class PskStore:
         return True
 
     def _local(self, ident: bytes, secret: bytes | None) -> None:
-        prev = self.overlay.get(ident)
-        ts = time.time()
-        if prev is not None and ts <= prev.ts:
-            ts = prev.ts + 1e-6  # keep local changes ordered even with a coarse clock
-        entry = OverlayEntry(secret, ts, self.node_name)
-        self.overlay[ident] = entry
+        self._local_many({ident: secret})
+
+    def _local_many(self, changes: dict[bytes, bytes | None]) -> None:
+        made = []
+        for ident, secret in changes.items():
+            prev = self.overlay.get(ident)
+            ts = time.time()
+            if prev is not None and ts <= prev.ts:
+                ts = prev.ts + 1e-6  # keep local changes ordered even with a coarse clock
+            entry = OverlayEntry(secret, ts, self.node_name)
+            self.overlay[ident] = entry
+            made.append((ident, entry))
         self._write_overlay()
         self._recompute()
-        for cb in self.on_local_change:
-            cb(ident, entry)
+        for ident, entry in made:
+            for cb in self.on_local_change:
+                cb(ident, entry)
 
     # -- replication (cluster) ----------------------------------------------------------------
     def apply_remote(self, ident: bytes, entry: OverlayEntry) -> bool:

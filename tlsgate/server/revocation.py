@@ -47,14 +47,16 @@ class RevocationRuntime:
             return None
         from .fetch import crl_fetcher
 
-        return crl_fetcher(self._peer, lambda: self.config.crl_cache.refresh_interval * 0.5)
+        return crl_fetcher(self._peer, lambda: self.config.crl_cache.refresh_interval * 0.5,
+                           lambda: self.config.crl_cache.refresh_interval)
 
     def _ocsp_fetcher(self, refresh_interval: float) -> Any:
         if self._peer is None:
             return None
         from .fetch import ocsp_fetcher
 
-        return ocsp_fetcher(self._peer, lambda: min(refresh_interval * 0.5, 300.0))
+        return ocsp_fetcher(self._peer, lambda: min(refresh_interval * 0.5, 300.0),
+                            lambda: refresh_interval)
 
     def _cache(self) -> CrlCache:
         if self.crl_cache is None:

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ObjectIdentifier
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _lib
 
 from ..config.load import Problem
 from ..config.schema import ServerSslOptions, SniEntry
@@ -126,6 +127,10 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_options(options)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    # pyOpenSSL turns partial writes on for every context it makes; the engine writes whole
+    # chunks into a memory BIO (which never blocks) with one SSL_write, so it must be off:
+    # with it on, SSL_write stops after one 16 KiB record.
+    ctx.clear_mode(_lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
     ctx.set_session_id(session_id)
 
     tls12 = opts.tls12_ciphers()
@@ -269,7 +274,9 @@ def build_server_context(opts: ServerSslOptions, key: str,
     session_id = ("tlsgate:" + key).encode()[:32]
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     verify_cb = _apply_common(ctx, opts, c, session_id)
-    chain = _load_identity(ctx, opts.certfile, opts.keyfile, opts.password, c)
+    # No certificate: a TLS-PSK-only listener (the config allows it only with PSK enabled).
+    chain = (_load_identity(ctx, opts.certfile, opts.keyfile, opts.password, c)
+             if opts.certfile else [])
 
     sni: dict[str, SSL.Context] = {}
     sni_chains: dict[str, list[x509.Certificate]] = {}

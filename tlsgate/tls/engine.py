@@ -56,7 +56,6 @@ _WANT_WRITE = _lib.SSL_ERROR_WANT_WRITE
 _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
 _WANT_LOOKUP = _lib.SSL_ERROR_WANT_X509_LOOKUP
 _X509_V_OK = 0
-_PARTIAL_WRITE = _lib.SSL_MODE_ENABLE_PARTIAL_WRITE
 _BIO_s_mem = _lib.BIO_s_mem()
 #: Chunks larger than this make the connection swap its memory BIOs for empty ones afterwards.
 _RECYCLE_AT = 16384
@@ -119,11 +118,6 @@ class ServerSession:
         conn.set_accept_state()
         self.conn = conn
         self._ssl = conn._ssl
-        # pyOpenSSL turns on partial writes for every context: SSL_write would then encrypt
-        # one record (16 KiB) per call and report the rest as not written. encrypt_in/encrypt
-        # hand a whole socket read (up to 256 KiB) to one SSL_write, so that mode would drop
-        # everything past the first record. Into a memory BIO a full write always succeeds.
-        _lib.SSL_clear_mode(self._ssl, _PARTIAL_WRITE)
         self._rbio = conn._into_ssl
         self._wbio = conn._from_ssl
         #: Sends ciphertext to the client (the client transport's ``write``).
@@ -261,8 +255,8 @@ class ServerSession:
 
     def encrypt_in(self, n: int) -> bytes:
         """Encrypt ``INBUF[:n]`` (plaintext from the broker); returns the ciphertext."""
-        if _SSL_write(self._ssl, _IN, n) != n:  # all or nothing (partial writes are off)
-            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
+        if _SSL_write(self._ssl, _IN, n) != n:  # whole or nothing: partial writes are off
+            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["short write"]))
         o = _BIO_read(self._wbio, _OUT, _OUTCAP)
         data = _OUT_MV[:o].tobytes() if o > 0 else b""
         if n > _RECYCLE_AT:
@@ -304,7 +298,7 @@ class ServerSession:
         if not data:
             return b""
         if _SSL_write(self._ssl, data, len(data)) != len(data):
-            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["closed"]))
+            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["partial write"]))
         chunks = []
         o = _BIO_read(self._wbio, _OUT, _OUTCAP)
         while o > 0:

@@ -1,0 +1,209 @@
+"""Issue 12's correctness side: the relay fast path (TLS 1.3 KeyUpdate from the client,
+half-close) and the worker processes (SIGHUP reaches every worker, a killed worker is replaced,
+connections spread over workers). Speed itself is measured by benchmarks, not here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.certkit import Pki
+from tests.clients import need
+from tests.conftest import GateFactory, base_toml, listener_toml
+from tests.procs import Gate, Mosquitto, free_port, wait_for
+
+CONNECT = bytes([0x10, 0x0E, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, 2]) + b"ku"
+PINGREQ, PINGRESP = b"\xc0\x00", b"\xd0\x00"
+
+
+def test_client_key_update_is_answered_and_traffic_continues(pki: Pki, broker: Mosquitto,
+                                                             make_gate: GateFactory) -> None:
+    """`openssl s_client` sends a KeyUpdate that requests ours ("K"); afterwards a PINGREQ
+    still gets its PINGRESP through tlsgate (a missed update would end in bad_record_mac)."""
+    need("openssl")
+    port = free_port()
+    make_gate(base_toml(broker.port) + listener_toml("k", port, pki), [port])
+    p = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+                          "-CAfile", str(pki.ca_pem), "-brief"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdin is not None
+    time.sleep(0.5)
+    p.stdin.write(CONNECT)
+    p.stdin.flush()
+    time.sleep(0.3)
+    for _ in range(3):
+        p.stdin.write(b"K\n")   # KeyUpdate, update_requested
+        p.stdin.flush()
+        time.sleep(0.3)
+        p.stdin.write(PINGREQ)
+        p.stdin.flush()
+        time.sleep(0.3)
+    out, err = p.communicate(timeout=15)
+    assert out.startswith(b"\x20\x02\x00\x00"), (out, err)
+    assert out.count(PINGRESP) == 3, (out, err)
+    assert b"KEYUPDATE" in err or b"KEYUPDATE" in out
+
+
+def test_half_close_the_broker_answer_still_arrives(pki: Pki, broker: Mosquitto,
+                                                    make_gate: GateFactory) -> None:
+    """The client sends a QoS 1 PUBLISH, then close_notify + TCP FIN (its writing side is
+    done); the broker's PUBACK must still come back over the half-open connection."""
+    port = free_port()
+    make_gate(base_toml(broker.port) + listener_toml("h", port, pki), [port])
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    inb, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inb, outb, server_hostname="localhost")
+
+    def pump_out() -> None:
+        data = outb.read()
+        if data:
+            raw.sendall(data)
+
+    def read_plain(n: int) -> bytes:
+        got = b""
+        while len(got) < n:
+            try:
+                got += tls.read(n - len(got))
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            chunk = raw.recv(65536)
+            assert chunk, f"connection closed after {got!r}"
+            inb.write(chunk)
+        return got
+
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump_out()
+            inb.write(raw.recv(65536))
+    pump_out()
+    tls.write(bytes([0x10, 0x0E, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, 2]) + b"hc")
+    pump_out()
+    assert read_plain(4) == b"\x20\x02\x00\x00"
+    topic = b"t/half"
+    body = len(topic).to_bytes(2, "big") + topic + b"\x00\x07" + b"payload"
+    tls.write(bytes([0x32, len(body)]) + body)   # PUBLISH QoS 1, packet id 7
+    # our side is done: close_notify, then FIN -- but we keep reading
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.unwrap()
+    pump_out()
+    raw.shutdown(socket.SHUT_WR)
+    assert read_plain(4) == b"\x40\x02\x00\x07"  # the PUBACK for packet 7
+    raw.close()
+
+
+@pytest.fixture
+def two_workers(pki: Pki, broker: Mosquitto, make_gate: GateFactory, tmp_path: Path
+                ) -> tuple[Gate, int, Path, Path]:
+    cert, key = tmp_path / "srv.pem", tmp_path / "srv.key"
+    cert.write_bytes(pki.server.cert.read_bytes())
+    key.write_bytes(pki.server.key.read_bytes())
+    key.chmod(0o600)
+    port = free_port()
+    cfg = base_toml(broker.port).replace("workers = 1", "workers = 2") + f"""
+[listeners.ssl.w]
+bind = "127.0.0.1:{port}"
+[listeners.ssl.w.ssl_options]
+certfile = "{cert}"
+keyfile = "{key}"
+"""
+    g = make_gate(cfg, [port])
+    wait_for(lambda: len(g.worker_pids()) == 2, 10, "two workers")
+    return g, port, cert, key
+
+
+def _serial(port: int, ca: Path) -> int:
+    from cryptography import x509
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port)) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def _mqtt_session(port: int, ca: Path, n: int) -> None:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    for i in range(n):
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            cid = f"spread{i:03d}".encode()
+            tls.sendall(bytes([0x10, 12 + len(cid), 0, 4]) + b"MQTT"
+                        + bytes([4, 0x02, 0, 60, 0, len(cid)]) + cid)
+            assert tls.recv(4) == b"\x20\x02\x00\x00"
+            tls.sendall(b"\xe0\x00")
+
+
+def test_connections_spread_over_workers(two_workers: tuple[Gate, int, Path, Path],
+                                         pki: Pki) -> None:
+    g, port, _, _ = two_workers
+    _mqtt_session(port, pki.ca_pem, 40)
+    wait_for(lambda: g.count_log(r"\[w0\] tlsgate\.access") + g.count_log(r"\[w1\] tlsgate\.access")
+             >= 40, 10, "40 access lines")
+    assert g.count_log(r"\[w0\] tlsgate\.access") > 0
+    assert g.count_log(r"\[w1\] tlsgate\.access") > 0
+
+
+def test_sighup_reaches_every_worker(two_workers: tuple[Gate, int, Path, Path],
+                                     pki: Pki) -> None:
+    g, port, cert, key = two_workers
+    new = pki.issue_server("rotated-w", ["localhost", "127.0.0.1"])
+    cert.write_bytes(new.cert.read_bytes())
+    key.write_bytes(new.key.read_bytes())
+    assert "reload done" in g.reload()
+    # new connections land on both workers (kernel hash of the source port): all see it
+    serials = {_serial(port, pki.ca_pem) for _ in range(30)}
+    assert serials == {new.serial}
+
+
+def test_a_killed_worker_is_replaced(two_workers: tuple[Gate, int, Path, Path],
+                                     pki: Pki) -> None:
+    g, port, _, _ = two_workers
+    before = set(g.worker_pids())
+    victim = sorted(before)[0]
+    os.kill(victim, signal.SIGKILL)
+    g.wait_log(rf"worker \d \(pid {victim}\) exited with code -9")
+    wait_for(lambda: len(set(g.worker_pids()) - before) == 1 and len(g.worker_pids()) == 2,
+             15, "a replacement worker")
+    g.wait_log(r"worker \d restarted")
+    _mqtt_session(port, pki.ca_pem, 10)  # both workers serve
+
+
+def test_healthz_follows_the_workers(pki: Pki, broker: Mosquitto,
+                                     make_gate: GateFactory) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    port, api = free_port(), free_port()
+    cfg = (base_toml(broker.port).replace("workers = 1", "workers = 2").replace(
+        "[dashboard]\nenable = false\n", f"[dashboard]\nenable = true\n"
+                                         f"listen = \"127.0.0.1:{api}\"\ntoken = \"t\"\n")
+        + listener_toml("h", port, pki))
+    g = make_gate(cfg, [port, api])
+
+    def health() -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    wait_for(lambda: health()[0] == 200, 10, "healthy")
+    os.kill(g.worker_pids()[0], signal.SIGKILL)
+    _code, doc = wait_for(lambda: (h := health())[0] == 503 and h, 5, "degraded")
+    assert doc["workers_up"] == 1
+    wait_for(lambda: health()[0] == 200, 15, "healthy again after the restart")

@@ -1,0 +1,192 @@
+"""The TLS engine's fast path against a real peer: CPython's `ssl` (the system OpenSSL 3) over
+memory BIOs, no sockets. The server side is tlsgate's ServerSession on pyOpenSSL/OpenSSL 4."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+from collections.abc import Iterator
+
+import pytest
+from OpenSSL import SSL
+
+from tests.certkit import Pki
+from tlsgate.tls.context import build_server_context
+from tlsgate.tls.engine import INBUF, HandshakeError, ServerSession, TlsError
+
+
+class Peer:
+    """A stdlib TLS client over memory BIOs talking to one ServerSession."""
+
+    def __init__(self, pki: Pki, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+                 server_opts: dict[str, object] | None = None) -> None:
+        from tlsgate.config.schema import ServerSslOptions
+
+        opts = ServerSslOptions(certfile=str(pki.server.cert), keyfile=str(pki.server.key),
+                                **(server_opts or {}))
+        self.ctx = build_server_context(opts, "listeners.ssl.t")
+        self.sent: list[bytes] = []  # what the server sent (ciphertext)
+        self.sess = ServerSession(self.ctx.ctx, self.sent.append)
+        cctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+        cctx.minimum_version = cctx.maximum_version = version
+        self.cin, self.cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.cli = cctx.wrap_bio(self.cin, self.cout, server_hostname="localhost")
+
+    def to_server(self, data: bytes, chunk: int | None = None) -> bytes:
+        """Feed client bytes through INBUF as socket reads would, return decrypted plaintext."""
+        out = b""
+        step = chunk or len(data) or 1
+        for i in range(0, len(data), step):
+            part = data[i:i + step]
+            INBUF[:len(part)] = part
+            out += self.sess.decrypt(len(part))
+        return out
+
+    def pump_to_client(self) -> None:
+        for b in self.sent:
+            self.cin.write(b)
+        self.sent.clear()
+
+    def handshake(self) -> None:
+        done = False
+        for _ in range(10):
+            try:
+                self.cli.do_handshake()
+                cdone = True
+            except ssl.SSLWantReadError:
+                cdone = False
+            data = self.cout.read()
+            if data and not done:
+                INBUF[:len(data)] = data
+                self.sess.feed_in(len(data))
+                done = self.sess.handshake()
+            self.pump_to_client()
+            if cdone and done:
+                return
+        raise AssertionError("handshake did not finish")
+
+    def client_records(self, plaintext: bytes) -> bytes:
+        self.cli.write(plaintext)
+        return self.cout.read()
+
+    def client_read(self) -> bytes:
+        self.pump_to_client()
+        out = b""
+        while True:
+            try:
+                out += self.cli.read(65536)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                return out
+
+
+@pytest.fixture(params=[ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2], ids=["tls13", "tls12"])
+def peer(request: pytest.FixtureRequest, pki: Pki) -> Iterator[Peer]:
+    p = Peer(pki, request.param)
+    p.handshake()
+    yield p
+
+
+def test_many_records_in_one_read_come_out_in_one_call(peer: Peer) -> None:
+    wire = b"".join(peer.client_records(f"message {i};".encode()) for i in range(50))
+    assert peer.to_server(wire) == b"".join(f"message {i};".encode() for i in range(50))
+
+
+def test_a_record_split_across_reads(peer: Peer) -> None:
+    wire = peer.client_records(b"A" * 3000)
+    assert peer.to_server(wire, chunk=1) == b"A" * 3000
+    wire = peer.client_records(b"B" * 40000)  # several full records, odd splits
+    assert peer.to_server(wire, chunk=7919) == b"B" * 40000
+
+
+def test_large_chunks_in_both_directions_and_bio_recycling(peer: Peer) -> None:
+    big = os.urandom(200_000)
+    wire = peer.client_records(big)
+    got = b""
+    for i in range(0, len(wire), 65536 + 17):   # > the recycle threshold, records split
+        part = wire[i:i + 65536 + 17]
+        INBUF[:len(part)] = part
+        got += peer.sess.decrypt(len(part))
+    assert got == big
+    INBUF[:150_000] = big[:150_000]
+    peer.sent.append(peer.sess.encrypt_in(150_000))
+    assert peer.client_read() == big[:150_000]
+    # and small traffic still flows after the BIOs were swapped
+    assert peer.to_server(peer.client_records(b"ping")) == b"ping"
+
+
+def test_close_notify_from_the_client(peer: Peer) -> None:
+    with contextlib.suppress(ssl.SSLWantReadError):
+        peer.cli.unwrap()
+    assert peer.to_server(peer.cout.read()) == b""
+    assert peer.sess.peer_closed
+
+
+def test_data_then_close_notify_in_one_read(peer: Peer) -> None:
+    wire = peer.client_records(b"last words")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        peer.cli.unwrap()
+    assert peer.to_server(wire + peer.cout.read()) == b"last words"
+    assert peer.sess.peer_closed
+
+
+def test_our_close_notify_reaches_the_client(peer: Peer) -> None:
+    peer.sess.close_notify()
+    peer.pump_to_client()
+    assert peer.cli.read(10) == b""  # CPython's SSLObject: b"" = close_notify received
+    peer.cli.unwrap()  # completes at once: the server's close_notify is already in
+
+
+def test_tampered_record_is_a_tls_error_with_an_alert(peer: Peer) -> None:
+    wire = bytearray(peer.client_records(b"x" * 100))
+    wire[-5] ^= 0xFF
+    with pytest.raises(TlsError):
+        peer.to_server(bytes(wire))
+    assert peer.sent, "an alert was sent"
+
+
+def test_tls13_tickets_wait_for_the_first_write(pki: Pki) -> None:
+    p = Peer(pki, ssl.TLSVersion.TLSv1_3)
+    p.handshake()
+    assert p.sent == []  # tickets not sent on their own ...
+    INBUF[:4] = b"\x20\x02\x00\x00"
+    first = p.sess.encrypt_in(4)  # ... they lead the first write (the CONNACK)
+    p.sent.append(first)
+    assert p.client_read() == b"\x20\x02\x00\x00"
+    assert p.cli.session is not None and p.cli.session.has_ticket
+
+
+def test_handshake_failure_names_the_reason(pki: Pki) -> None:
+    from tlsgate.config.schema import ServerSslOptions
+
+    ctx = build_server_context(ServerSslOptions(certfile=str(pki.server.cert),
+                                                keyfile=str(pki.server.key),
+                                                versions=["tlsv1.3"]), "listeners.ssl.t")
+    sent: list[bytes] = []
+    s = ServerSession(ctx.ctx, sent.append)
+    cctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    cctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = cctx.wrap_bio(cin, cout, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        c.do_handshake()
+    s.feed(cout.read())
+    with pytest.raises(HandshakeError) as exc:
+        s.handshake()
+    assert "TLS versions" in exc.value.reason
+    assert sent, "the protocol_version alert was sent"
+
+
+def test_garbage_is_named_not_tls(pki: Pki) -> None:
+    p = Peer(pki)
+    p.sess.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(HandshakeError) as exc:
+        p.sess.handshake()
+    assert "HTTP" in exc.value.reason or "TLS" in exc.value.reason
+
+
+def test_engine_self_check_passes() -> None:
+    from tlsgate.tls.engine import self_check
+
+    self_check()
+    assert SSL.Connection is not None
