@@ -19,9 +19,8 @@ the contract the gateway relies on:
   back is a well-formed reply.
 * ``cluster_frames`` -- :class:`tlsgate.cluster.protocol.Decoder` (bytes from another node,
   inside mutual TLS): only ProtocolError; the same messages whether the bytes come in one piece
-  or two; every decoded message re-encodes and decodes to itself. Registered only when
-  ``tlsgate.cluster.protocol`` exists (it is being written on the cluster branch; the target
-  and its seed corpus were checked against that branch's module).
+  or two; every decoded message re-encodes and decodes to itself. (Registered only when
+  ``tlsgate.cluster.protocol`` imports, so the other targets run on a tree without it.)
 
 ``seeds()`` builds the starting corpus (``python -m fuzz.run --seed`` writes it to fuzz/corpus/).
 """
