@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck check venv bench bench-quick clean docs docs-check interop
+.PHONY: run test lint typecheck check venv bench bench-quick clean docs docs-check interop fuzz
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ test: venv
 ## options: make interop INTEROP_ARGS="--brokers mosquitto --clients paho-c -v")
 interop: venv
 	$(PY) -m interop.run $(INTEROP_ARGS)
+
+## fuzz: every network-facing parser under atheris, FUZZ_SECONDS (60) each; corpus in fuzz/corpus
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	$(PY) -m pip install -q -e '.[fuzz]' || echo "atheris did not install: hypothesis fallback"
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check tlsgate tests interop

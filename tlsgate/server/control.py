@@ -85,8 +85,11 @@ class ControlPeer:
                               size, self.name)
                     break
                 doc = json.loads(await self.reader.readexactly(size))
+                if not isinstance(doc, dict):
+                    raise ValueError(f"a frame holds JSON {type(doc).__name__}, not an object")
                 if "ok" in doc and "id" in doc:
-                    fut = self._waiting.get(doc["id"])
+                    rid = doc["id"]
+                    fut = self._waiting.get(rid) if isinstance(rid, int) else None
                     if fut is not None and not fut.done():
                         if doc["ok"]:
                             fut.set_result(doc.get("result"))
@@ -99,7 +102,7 @@ class ControlPeer:
                 task.add_done_callback(self._tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             log.error("garbage on the control channel from %s: %s", self.name, exc)
         finally:
             for fut in self._waiting.values():

@@ -102,6 +102,8 @@ HUMAN_REASONS = {
     "wrong version number": "client did not speak TLS (garbage or plain MQTT on the TLS port)",
     "packet length too long": "client did not speak TLS (garbage or plain MQTT on the TLS port)",
     "unsupported protocol": "client offered only TLS versions this listener does not allow",
+    # an SSLv3 (or otherwise too old) ClientHello: OpenSSL 4 says this instead
+    "version too low": "client offered only TLS versions this listener does not allow",
     "no shared cipher": "no cipher suite in common with the client",
     "peer did not return a certificate": "client sent no certificate (fail_if_no_peer_cert)",
     "certificate verify failed": "client certificate verify failed",
