@@ -34,7 +34,7 @@ from cryptography import x509
 
 from ...config.load import Problem
 from ..context import ContextError
-from ..engine import BUF_SIZE, HUMAN_REASONS, INBUF, HandshakeError, TlsError
+from ..engine import BUF_SIZE, HUMAN_REASONS, INBUF, OUT_VIEW, HandshakeError, TlsError
 from . import _lib
 from ._lib import GmUnavailableError, Tongsuo, load
 
@@ -607,6 +607,20 @@ class GmSession:
         if not chunks:
             return b""
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def decrypt_out(self, n: int) -> int:
+        """The relay's interface (see tlsgate.tls.engine): the plaintext is left in
+        ``OUT_VIEW[:result]``. Tongsuo reads into its own buffers, so this is one copy more
+        than the pyOpenSSL engine's; GM listeners are not the bulk path."""
+        data = self.decrypt(n)
+        OUT_VIEW[:len(data)] = data
+        return len(data)
+
+    def encrypt_out(self, n: int) -> int:
+        """Ciphertext of ``INBUF[:n]`` left in ``OUT_VIEW[:result]``."""
+        data = self.encrypt_in(n)
+        OUT_VIEW[:len(data)] = data
+        return len(data)
 
     def encrypt_in(self, n: int) -> bytes:
         """Encrypt ``INBUF[:n]`` (plaintext from the broker); returns the ciphertext."""
