@@ -14,7 +14,11 @@ BIN=$B/bin
 export BENCH_CERTS=$B/certs CAND_PORT=${CAND_PORT:-18005}
 [ -x "$BIN/hsload" ] || "$H/../shared/bench/loadgen/build.sh" >/dev/null
 [ -f "$BENCH_CERTS/server.crt" ] || "$H/../shared/bench/gen-certs.sh" "$BENCH_CERTS" >/dev/null 2>&1
-ss -ltnH "sport = :1883" | grep -q . || { mosquitto -p 1883 -d; sleep 0.5; }
+own_broker=""
+if ! ss -ltnH "sport = :1883" | grep -q .; then
+  mosquitto -p 1883 >/dev/null 2>&1 & own_broker=$!
+  sleep 0.5
+fi
 "$H/benchmarks/serve-for-bench.sh" >/dev/null 2>&1 &
 for _ in $(seq 100); do ss -ltnH "sport = :$CAND_PORT" | grep -q . && break; sleep 0.1; done
 sleep 0.5
@@ -35,4 +39,5 @@ for m in ${*:-hs msg bulk}; do
   esac 2>&1 | grep -E "^result" | tr ' ' '\n' | grep -E "^(mode|rate|msgs_per_s|MBps|proxy_us_per|proxy_ns_per|proxy_cpu|kib|rss|p50|foreign|done|fails|held|proxy_rss)" | paste -sd' '
 done
 pkill -f "tlsgate serve -c $B/tlsgate/bench.toml" 2>/dev/null
+[ -n "$own_broker" ] && kill "$own_broker" 2>/dev/null
 sleep 0.5

@@ -267,8 +267,9 @@ class ClientGate(asyncio.BufferedProtocol):
         rec.tls_version = sess.version
         rec.cipher = sess.cipher
         rec.server_name = sess.server_name
-        alpn = sess.alpn
-        rec.alpn = alpn.decode("ascii", "replace") if alpn else None
+        if lst.alpn:  # only asked when ALPN is configured (a pyOpenSSL call per connection)
+            alpn = sess.alpn
+            rec.alpn = alpn.decode("ascii", "replace") if alpn else None
         rec.session_reused = sess.session_reused
         # The connect timer also bounds a pending revocation verdict.
         self.timer = self.lst.loop.call_later(

@@ -86,3 +86,4 @@ class ListenerRuntime:
         self.trusted_proxies = Cidrs(cfg.proxy_protocol_trusted)
         self.rate = RateLimiter(cfg.max_conn_rate)
         self.handshake_timeout: float = context.opts.handshake_timeout
+        self.alpn = bool(getattr(context.opts, "alpn", None))

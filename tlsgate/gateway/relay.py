@@ -27,10 +27,10 @@ if TYPE_CHECKING:
     from .gate import ClientGate
 
 
-def _fd_of(transport: asyncio.Transport) -> int:
+def _fd_of(transport: asyncio.Transport, tls: bool = False) -> int:
     """The socket fd for direct writes, or -1 when the transport must do the writing itself
-    (a TLS transport towards the broker: its bytes are not ours to put on the wire)."""
-    if transport.get_extra_info("sslcontext") is not None:
+    (``tls``: a TLS transport towards the broker: its bytes are not ours to put on the wire)."""
+    if tls:
         return -1
     sock = transport.get_extra_info("socket")
     try:
@@ -51,7 +51,7 @@ class ClientSide(asyncio.BufferedProtocol):
         self._decrypt = sess.decrypt_out
         self._up_write = upstream_transport.write
         self._up_pending = upstream_transport.get_write_buffer_size
-        self._up_fd = _fd_of(upstream_transport)
+        self._up_fd = _fd_of(upstream_transport, conn.lst.upstream_tls is not None)
         self.upstream_transport = upstream_transport
         self.nbytes = 0
 

@@ -70,6 +70,10 @@ _BIO_s_mem = _lib.BIO_s_mem()
 #: Chunks larger than this make the connection swap its memory BIOs for empty ones afterwards.
 _RECYCLE_AT = 16384
 _TLS1_3 = _lib.TLS1_3_VERSION
+_TLSEXT_NAMETYPE_host_name = _lib.TLSEXT_NAMETYPE_host_name
+_VERSION_NAMES = {_lib.TLS1_3_VERSION: "TLSv1.3", _lib.TLS1_2_VERSION: "TLSv1.2",
+                  _lib.TLS1_1_VERSION: "TLSv1.1", _lib.TLS1_VERSION: "TLSv1"}
+_CIPHER_NAMES: dict[int, str] = {}
 
 
 class TlsError(Exception):
@@ -369,17 +373,27 @@ class ServerSession:
     # -- what the handshake established --------------------------------------------------------
     @property
     def version(self) -> str:
-        return str(self.conn.get_protocol_version_name())
+        v = _lib.SSL_version(self._ssl)
+        name = _VERSION_NAMES.get(v)
+        return name if name is not None else str(self.conn.get_protocol_version_name())
 
     @property
     def cipher(self) -> str | None:
-        c = self.conn.get_cipher_name()
-        return str(c) if c else None
+        # Suite names are cached by the SSL_CIPHER pointer (static data in OpenSSL): one cffi
+        # call per connection instead of pyOpenSSL's three plus a string conversion.
+        c = _lib.SSL_get_current_cipher(self._ssl)
+        if c == _ffi.NULL:
+            return None
+        key = int(_ffi.cast("uintptr_t", c))
+        name = _CIPHER_NAMES.get(key)
+        if name is None:
+            name = _CIPHER_NAMES[key] = _ffi.string(_lib.SSL_CIPHER_get_name(c)).decode()
+        return name
 
     @property
     def server_name(self) -> str | None:
-        n = self.conn.get_servername()
-        return n.decode("ascii", "replace") if n else None
+        n = _lib.SSL_get_servername(self._ssl, _TLSEXT_NAMETYPE_host_name)
+        return _ffi.string(n).decode("ascii", "replace") if n != _ffi.NULL else None
 
     @property
     def alpn(self) -> bytes | None:
