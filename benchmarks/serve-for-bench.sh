@@ -1,7 +1,8 @@
 #!/bin/sh
 # Start tlsgate the way ../shared/bench/compare.sh expects a candidate: TLS on 127.0.0.1:$CAND_PORT
 # with $BENCH_CERTS/server.crt + server.key, plain MQTT to 127.0.0.1:1883, one worker, the full
-# product in the path (MQTT gate, access log, metrics counters).
+# product in the path (MQTT gate, access log, metrics counters). EXTRA_SSL: more lines for the
+# listener's [ssl_options] table (e.g. a CRL configuration), WORKERS, ACCESS_LOG.
 #   ../shared/bench/compare.sh -- benchmarks/serve-for-bench.sh
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +24,7 @@ max_connections = 1000000
 [listeners.ssl.bench.ssl_options]
 certfile = "${BENCH_CERTS}/server.crt"
 keyfile = "${BENCH_CERTS}/server.key"
+${EXTRA_SSL:-}
 [dashboard]
 enable = false
 TOML
