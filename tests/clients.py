@@ -126,3 +126,17 @@ def connack_code(rc: Any) -> int:
     """paho's ReasonCode (v5) or int (v3) -> the number on the wire."""
     value = getattr(rc, "value", rc)
     return int(value)
+
+
+def server_cert_serial(port: int, ca: Path) -> int:
+    """The serial number of the certificate a TLS server on 127.0.0.1:port presents."""
+    import socket as _socket
+
+    from cryptography import x509
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with _socket.create_connection(("127.0.0.1", port)) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.certkit import Pki
-from tests.clients import need
+from tests.clients import need, server_cert_serial
 from tests.conftest import GateFactory, base_toml, listener_toml
 from tests.procs import Gate, Mosquitto, free_port, wait_for
 
@@ -124,17 +124,6 @@ keyfile = "{key}"
     return g, port, cert, key
 
 
-def _serial(port: int, ca: Path) -> int:
-    from cryptography import x509
-
-    ctx = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port)) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
-
-
 def _mqtt_session(port: int, ca: Path, n: int) -> None:
     ctx = ssl.create_default_context(cafile=str(ca))
     for i in range(n):
@@ -165,7 +154,7 @@ def test_sighup_reaches_every_worker(two_workers: tuple[Gate, int, Path, Path],
     key.write_bytes(new.key.read_bytes())
     assert "reload done" in g.reload()
     # new connections land on both workers (kernel hash of the source port): all see it
-    serials = {_serial(port, pki.ca_pem) for _ in range(30)}
+    serials = {server_cert_serial(port, pki.ca_pem) for _ in range(30)}
     assert serials == {new.serial}
 
 

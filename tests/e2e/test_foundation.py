@@ -17,7 +17,15 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.certkit import Pki
-from tests.clients import Sub, connack_code, mosquitto_pub, paho_client, s_client, tls_args
+from tests.clients import (
+    Sub,
+    connack_code,
+    mosquitto_pub,
+    paho_client,
+    s_client,
+    server_cert_serial,
+    tls_args,
+)
 from tests.conftest import base_toml, listener_toml
 from tests.procs import Gate, Mosquitto, free_port, wait_for
 
@@ -169,17 +177,6 @@ def test_broker_down_refuses_with_server_unavailable(tmp_path: Path, pki: Pki,
     wait_for(lambda: Gate.tcp_connections_of(worker) == 0, 10, "client socket closed")
 
 
-def _server_cert_serial(port: int, ca: Path) -> int:
-    from cryptography import x509
-
-    ctx = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port)) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
-
-
 def test_sighup_swaps_the_certificate_for_new_clients_and_keeps_live_ones(
         tmp_path: Path, pki: Pki, broker: Mosquitto, make_gate: object) -> None:
     cert, key = tmp_path / "srv.pem", tmp_path / "srv.key"
@@ -194,7 +191,7 @@ certfile = "{cert}"
 keyfile = "{key}"
 """
     g = make_gate(cfg, [port])  # type: ignore[operator]
-    old_serial = _server_cert_serial(port, pki.ca_pem)
+    old_serial = server_cert_serial(port, pki.ca_pem)
     assert old_serial == pki.server.serial
     # a live client that keeps publishing across the reload
     c, res = paho_client(port, pki.ca_pem, client_id="live")
@@ -207,7 +204,7 @@ keyfile = "{key}"
     key.write_bytes(new.key.read_bytes())
     line = g.reload()
     assert "reload done" in line, line
-    assert _server_cert_serial(port, pki.ca_pem) == new.serial
+    assert server_cert_serial(port, pki.ca_pem) == new.serial
     for i in range(3):
         c.publish("t/live", f"after reload {i}".encode(), qos=1).wait_for_publish(5)
     wait_for(lambda: len(res.messages) >= 3, 10, "live client's messages back")
@@ -236,7 +233,7 @@ keyfile = "{key}"
     key.write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
     line = g.reload()
     assert "reload failed" in line and "keyfile" in line, line
-    assert _server_cert_serial(port, pki.ca_pem) == pki.server.serial  # ... old one serves
+    assert server_cert_serial(port, pki.ca_pem) == pki.server.serial  # ... old one serves
     r = mosquitto_pub(port, "t/x", "still works", *tls_args(pki.ca_pem))
     assert r.returncode == 0, r.stderr
 

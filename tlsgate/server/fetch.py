@@ -137,22 +137,33 @@ class NodeFetcher:
             self._session = None
 
 
+async def _ask_node(peer: Callable[[], ControlPeer | None], error: type[Exception], kind: str,
+                    url: str, body: bytes, timeout: float, max_age: float,
+                    refresh: float | None) -> bytes:
+    """One ``http_fetch`` request to the node; failures become ``error`` (the module's own
+    fetch error, which its caller already handles)."""
+    p = peer()
+    if p is None:
+        raise error(f"{url}: the node process is not reachable")
+    extra = {"refresh": refresh} if refresh is not None else {}
+    try:
+        r = await p.request("http_fetch", timeout=timeout + 5.0, kind=kind, url=url,
+                            body=base64.b64encode(body).decode(), timeout_s=timeout,
+                            max_age=max_age, **extra)
+    except (ControlError, TimeoutError) as exc:
+        raise error(str(exc) or f"{url}: fetch failed") from None
+    return base64.b64decode(r["body"])
+
+
 def crl_fetcher(peer: Callable[[], ControlPeer | None], max_age: Callable[[], float],
                 refresh: Callable[[], float] | None = None
                 ) -> Callable[[str, float], Awaitable[bytes]]:
-    """``refresh``: the requester's refresh interval (how old a cluster-shared answer may be)."""
+    """For ``CrlCache(fetcher=...)``. ``refresh``: the requester's refresh interval (how old
+    a cluster-shared answer may be)."""
 
     async def fetch(url: str, timeout: float) -> bytes:
-        p = peer()
-        if p is None:
-            raise CrlFetchError(f"{url}: the node process is not reachable")
-        extra = {"refresh": refresh()} if refresh is not None else {}
-        try:
-            r = await p.request("http_fetch", timeout=timeout + 5.0, kind="crl", url=url,
-                                timeout_s=timeout, max_age=max_age(), **extra)
-        except (ControlError, TimeoutError) as exc:
-            raise CrlFetchError(str(exc) or f"{url}: fetch failed") from None
-        return base64.b64decode(r["body"])
+        return await _ask_node(peer, CrlFetchError, "crl", url, b"", timeout, max_age(),
+                               refresh() if refresh is not None else None)
 
     return fetch
 
@@ -160,19 +171,10 @@ def crl_fetcher(peer: Callable[[], ControlPeer | None], max_age: Callable[[], fl
 def ocsp_fetcher(peer: Callable[[], ControlPeer | None], max_age: Callable[[], float],
                  refresh: Callable[[], float] | None = None
                  ) -> Callable[[str, bytes, float], Awaitable[bytes]]:
-    """``refresh``: the requester's refresh interval (how old a cluster-shared answer may be)."""
+    """For ``OcspStapler(fetcher=...)`` / ``ClientOcspChecker(fetcher=...)``."""
 
     async def fetch(url: str, request: bytes, timeout: float) -> bytes:
-        p = peer()
-        if p is None:
-            raise OcspFetchError(f"{url}: the node process is not reachable")
-        extra = {"refresh": refresh()} if refresh is not None else {}
-        try:
-            r = await p.request("http_fetch", timeout=timeout + 5.0, kind="ocsp", url=url,
-                                body=base64.b64encode(request).decode(), timeout_s=timeout,
-                                max_age=max_age(), **extra)
-        except (ControlError, TimeoutError) as exc:
-            raise OcspFetchError(str(exc) or f"{url}: fetch failed") from None
-        return base64.b64decode(r["body"])
+        return await _ask_node(peer, OcspFetchError, "ocsp", url, request, timeout, max_age(),
+                               refresh() if refresh is not None else None)
 
     return fetch

@@ -185,12 +185,7 @@ class ServerSession:
 
     def take_output(self) -> bytes:
         """Everything the record layer has queued for the client (b"" if nothing)."""
-        chunks = []
-        n = _BIO_read(self._wbio, _OUT, _OUTCAP)
-        while n > 0:
-            chunks.append(_OUT_MV[:n].tobytes())
-            n = _BIO_read(self._wbio, _OUT, _OUTCAP)
-        return b"".join(chunks)
+        return self._drain(self._wbio)
 
     def _describe(self, err: int) -> str:
         reasons = _err_reasons()
@@ -206,41 +201,22 @@ class ServerSession:
         return f"TLS error {err}"
 
     def flush(self) -> None:
-        """Send whatever the record layer has queued."""
-        n = _BIO_read(self._wbio, _OUT, _OUTCAP)
-        while n > 0:
-            self.send(_OUT_MV[:n].tobytes())
-            n = _BIO_read(self._wbio, _OUT, _OUTCAP)
+        """Send whatever the record layer has queued (through the scratch buffer: the output
+        buffer may hold a result its caller has not written yet)."""
+        data = self._drain(self._wbio)
+        if data:
+            self.send(data)
 
-    # -- after the handshake -----------------------------------------------------------------
-    def read_plain(self, n: int = 0) -> bytes:
-        """Before the relay (CONNECT phase): feed ``INBUF[:n]`` and decrypt, like
-        :meth:`decrypt`, but leave anything the record layer queued (session tickets) to go
-        out with our next write. Sets :attr:`peer_closed`; raises :class:`TlsError`."""
-        ssl = self._ssl
-        if n:
-            _BIO_write(self._rbio, _IN, n)
-        r = _SSL_read(ssl, _OUT, _OUTCAP)
-        total = 0
-        while r > 0:
-            total += r
-            r = _SSL_read(ssl, _OUT + total, _OUTCAP - total)
-        err = _SSL_get_error(ssl, r)
-        data = _OUT_MV[:total].tobytes() if total else b""
-        if err != _WANT_READ:
-            if err == _ZERO_RETURN:
-                self.peer_closed = True
-            else:
-                reason = self._describe(err)
-                self.flush()
-                raise TlsError(reason)
-        return data
-
-    def decrypt(self, n: int) -> bytes:
-        """Feed ``INBUF[:n]`` and return all plaintext it completes (b"" if none).
+    def decrypt_out(self, n: int, reply: bool = True) -> int:
+        """The relay's read: feed ``INBUF[:n]``, decrypt every record it completes into the
+        shared output buffer and return the plaintext length: the plaintext is
+        ``OUT_VIEW[:result]``, valid until the next engine call of any connection (the caller
+        writes it out at once, without copying).
 
         Sets :attr:`peer_closed` on close_notify; raises :class:`TlsError` on a fatal error
-        (after sending the alert). Anything the record layer wants to send back is sent.
+        (after sending the alert). With ``reply`` (the relay), what the record layer wants to
+        send back (a TLS 1.3 KeyUpdate answer) is sent now; without it (before the relay) it
+        waits for our next write, like the session tickets.
         """
         ssl = self._ssl
         if n:
@@ -251,7 +227,6 @@ class ServerSession:
             total += r
             r = _SSL_read(ssl, _OUT + total, _OUTCAP - total)
         err = _SSL_get_error(ssl, r)
-        data = _OUT_MV[:total].tobytes() if total else b""
         if err != _WANT_READ:
             if err == _ZERO_RETURN:
                 self.peer_closed = True
@@ -259,40 +234,25 @@ class ServerSession:
                 reason = self._describe(err)
                 self.flush()
                 raise TlsError(reason)
-        o = _BIO_read(self._wbio, _OUT, _OUTCAP)
-        if o > 0:
-            self.send(_OUT_MV[:o].tobytes())
-            self.flush()
-        if n > _RECYCLE_AT:
-            self.recycle_bios()
-        return data
-
-    def decrypt_out(self, n: int) -> int:
-        """:meth:`decrypt` without the copy: feed ``INBUF[:n]``, leave the plaintext in
-        ``OUT_VIEW[:result]`` (valid until the next engine call of any connection)."""
-        ssl = self._ssl
-        if n:
-            _BIO_write(self._rbio, _IN, n)
-        r = _SSL_read(ssl, _OUT, _OUTCAP)
-        total = 0
-        while r > 0:
-            total += r
-            r = _SSL_read(ssl, _OUT + total, _OUTCAP - total)
-        err = _SSL_get_error(ssl, r)
-        if err != _WANT_READ:
-            if err == _ZERO_RETURN:
-                self.peer_closed = True
-            else:
-                reason = self._describe(err)
-                self._flush_aux()
-                raise TlsError(reason)
-        o = _BIO_read(self._wbio, _AUX, _AUXCAP)
-        if o > 0:
-            self.send(_AUX_MV[:o].tobytes())
-            self._flush_aux()
+        if reply:
+            o = _BIO_read(self._wbio, _AUX, _AUXCAP)
+            if o > 0:  # usually nothing: one call to find out, a second only if there is more
+                self.send(_AUX_MV[:o].tobytes())
+                self.flush()
         if n > _RECYCLE_AT:
             self.recycle_bios()
         return total
+
+    def decrypt(self, n: int) -> bytes:
+        """:meth:`decrypt_out` returning a copy of the plaintext (b"" if none)."""
+        total = self.decrypt_out(n)
+        return _OUT_MV[:total].tobytes() if total else b""
+
+    def read_plain(self, n: int = 0) -> bytes:
+        """Before the relay (CONNECT phase): :meth:`decrypt` that leaves what the record
+        layer queued (session tickets) to go out with our next write."""
+        total = self.decrypt_out(n, reply=False)
+        return _OUT_MV[:total].tobytes() if total else b""
 
     def encrypt_out(self, n: int) -> int:
         """:meth:`encrypt_in` without the copy: the ciphertext is ``OUT_VIEW[:result]``."""
@@ -303,21 +263,10 @@ class ServerSession:
             self.recycle_bios()
         return o if o > 0 else 0
 
-    def _flush_aux(self) -> None:
-        n = _BIO_read(self._wbio, _AUX, _AUXCAP)
-        while n > 0:
-            self.send(_AUX_MV[:n].tobytes())
-            n = _BIO_read(self._wbio, _AUX, _AUXCAP)
-
     def encrypt_in(self, n: int) -> bytes:
-        """Encrypt ``INBUF[:n]`` (plaintext from the broker); returns the ciphertext."""
-        if _SSL_write(self._ssl, _IN, n) != n:  # whole or nothing: partial writes are off
-            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["short write"]))
-        o = _BIO_read(self._wbio, _OUT, _OUTCAP)
-        data = _OUT_MV[:o].tobytes() if o > 0 else b""
-        if n > _RECYCLE_AT:
-            self.recycle_bios()
-        return data
+        """:meth:`encrypt_out` returning a copy of the ciphertext."""
+        o = self.encrypt_out(n)
+        return _OUT_MV[:o].tobytes() if o else b""
 
     def recycle_bios(self) -> None:
         """Give this connection new, empty memory BIOs (keeping any bytes still in them).
@@ -342,7 +291,7 @@ class ServerSession:
 
     @staticmethod
     def _drain(bio: Any) -> bytes:
-        # through the scratch buffer: the output buffer may hold a result not written yet
+        """All bytes in ``bio``, read through the scratch buffer."""
         chunks = []
         n = _BIO_read(bio, _AUX, _AUXCAP)
         while n > 0:
@@ -356,12 +305,7 @@ class ServerSession:
             return b""
         if _SSL_write(self._ssl, data, len(data)) != len(data):
             raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["partial write"]))
-        chunks = []
-        o = _BIO_read(self._wbio, _OUT, _OUTCAP)
-        while o > 0:
-            chunks.append(_OUT_MV[:o].tobytes())
-            o = _BIO_read(self._wbio, _OUT, _OUTCAP)
-        return b"".join(chunks)
+        return self._drain(self._wbio)
 
     def close_notify(self) -> None:
         """Queue and send our close_notify (idempotent; errors ignored: we're closing)."""
