@@ -12,15 +12,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,8 @@ from tlsgate.mqtt.errors import Refusal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "captures"))
 import capture
+
+from tests.procs import Mosquitto
 
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
 MOSQUITTO = shutil.which("mosquitto") or (
@@ -70,61 +70,10 @@ def test_paho_matches_stored_vector(name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # A real broker accepts rewritten CONNECTs
 # ---------------------------------------------------------------------------------------------
-class Mosquitto:
-    def __init__(self, port: int, log: Path, proc: subprocess.Popen[bytes]) -> None:
-        self.port, self.log, self.proc = port, log, proc
-
-    def wait_for_log(self, needle: str, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log.read_text(errors="replace") if self.log.exists() else ""
-            if needle in text:
-                return text
-            time.sleep(0.05)
-        raise AssertionError(f"{needle!r} not in mosquitto's log:\n{text[-2000:]}")
-
-
 @pytest.fixture(scope="module")
-def mosquitto() -> Iterator[Mosquitto]:
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    with tempfile.TemporaryDirectory() as d:
-        for _attempt in range(5):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = int(probe.getsockname()[1])
-            log = Path(d) / "mosquitto.log"
-            conf = Path(d) / "mosquitto.conf"
-            # mosquitto started as root drops to the "mosquitto" user: let it reach its log
-            # file (its stdout log would be block-buffered, so a file it flushes per line).
-            Path(d).chmod(0o755)
-            log.touch(mode=0o666)
-            log.chmod(0o666)
-            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                            f"log_type all\nlog_dest file {log}\npersistence false\n")
-            proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            if proc.poll() is None:
-                break
-        else:
-            err = proc.communicate()[1].decode(errors="replace") if proc.stderr else ""
-            pytest.fail(f"mosquitto did not start: {err}")
-        try:
-            yield Mosquitto(port, log, proc)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def mosquitto(broker: Mosquitto) -> Mosquitto:
+    """The shared real broker of the e2e tests (tests/conftest.py), `log_type all`."""
+    return broker
 
 
 @pytest.mark.parametrize("name", sorted([*capture.MOSQUITTO_PUB, *capture.PAHO]))
@@ -140,7 +89,7 @@ def test_mosquitto_accepts_rewritten_capture(mosquitto: Mosquitto, name: str) ->
         while (got := decode_connack(data)) is None:
             chunk = conn.recv(1024)
             assert chunk, f"mosquitto closed without CONNACK; log:\n" \
-                          f"{mosquitto.log.read_text(errors='replace')[-1500:]}"
+                          f"{mosquitto.log_text()[-1500:]}"
             data += chunk
     assert got[0].code == 0
     # mosquitto's log: "New client connected from ... as <id> (p<protocol>, c<clean>,
@@ -149,10 +98,11 @@ def test_mosquitto_accepts_rewritten_capture(mosquitto: Mosquitto, name: str) ->
     mosq_protocol = {3: 1, 4: 2, 5: 5}[original.protocol_level]
     line = f"as {client_id} (p{mosq_protocol}, c{int(original.clean_start)}, " \
            f"k{original.keepalive}, u'{username}')"
-    mosquitto.wait_for_log(line)
+    mosquitto.wait_log(re.escape(line))
     if original.will:
-        mosquitto.wait_for_log(f"Will message specified ({len(original.will_payload or b'')} "
-                               f"bytes) (r{int(original.will_retain)}, q{original.will_qos}).")
+        will = (f"Will message specified ({len(original.will_payload or b'')} bytes) "
+                f"(r{int(original.will_retain)}, q{original.will_qos}).")
+        mosquitto.wait_log(re.escape(will))
 
 
 # ---------------------------------------------------------------------------------------------
