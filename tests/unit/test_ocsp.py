@@ -562,7 +562,7 @@ async def test_client_ocsp_in_handshake(ca: TestCA, responder: OcspResponder, tm
                                         version: str) -> None:
     from tests.pkiservers import GuardedTlsServer
     from tlsgate.config.schema import ServerSslOptions
-    from tlsgate.tls.crl import ClientRevocationGuard
+    from tlsgate.tls.revocation_guard import ClientRevocationGuard
 
     good = ca.client_cert("dev-good", ocsp_url=responder.url)
     bad = ca.client_cert("dev-bad", ocsp_url=responder.url)

@@ -35,9 +35,9 @@ from ..mqtt import (
     parse_proxy_header,
     rewrite_connect,
 )
-from ..tls.crl import peer_cert_ids
 from ..tls.engine import IN_VIEW, INBUF, HandshakeError, TlsError
 from ..tls.identity import common_name, identity_from_cert, subject_string
+from ..tls.revocation_guard import peer_cert_ids
 from .listener import ListenerRuntime
 from .record import ConnRecord
 from .relay import ClientSide, Relay, UpstreamSide
@@ -238,8 +238,8 @@ class ClientGate(asyncio.BufferedProtocol):
 
     def _guarded_step(self) -> None:
         """A handshake step under a revocation guard: once the guard may need to wait for a
-        CRL/OCSP fetch, hold back everything the server writes (see tlsgate.tls.crl), so a
-        refusal can still be an alert the client reads."""
+        CRL/OCSP fetch, hold back everything the server writes (see
+        tlsgate.tls.revocation_guard), so a refusal can still be an alert the client reads."""
         sess, guard = self.sess, self.guard
         assert sess is not None and self.transport is not None
         try:

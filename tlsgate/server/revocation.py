@@ -4,8 +4,8 @@
 One :class:`RevocationRuntime` per worker owns what outlives a reload: the CRL cache (CRLs are
 fetched once and kept across reloads), the client OCSP answer cache, and the index of live
 connections by certificate for ``close_revoked_connections``. Per listener context it adds a
-:class:`~tlsgate.tls.crl.ClientRevocationGuard` (attached to the main and every SNI context) and
-one :class:`~tlsgate.tls.ocsp.OcspStapler` per certificate. HTTP goes through the node (see
+:class:`~tlsgate.tls.revocation_guard.ClientRevocationGuard` (attached to the main and every SNI
+context) and one :class:`~tlsgate.tls.ocsp.OcspStapler` per certificate. HTTP goes through the node (see
 ``fetch.py``) when the worker has one, so N workers cost a responder one request.
 """
 
@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from ..config.load import Problem
 from ..config.schema import Config, ServerSslOptions
 from ..tls.context import ContextError, ServerContext
-from ..tls.crl import CertId, ClientRevocationGuard, CrlCache, CrlError, LiveConnectionIndex
+from ..tls.crl import CertId, CrlCache, CrlError
 from ..tls.ocsp import ClientOcspChecker, OcspError, OcspStapler, install_stapling
+from ..tls.revocation_guard import ClientRevocationGuard, LiveConnectionIndex
 
 if TYPE_CHECKING:
     from .control import ControlPeer

@@ -41,7 +41,7 @@ Client certificates (``ocsp.check_client``)
 :class:`ClientOcspChecker` checks a client certificate against its AIA responder with the same
 response validation, caching each answer by (issuer name, serial) until its nextUpdate (failures
 for ``failure_ttl``), and sharing one request among concurrent checks of the same certificate.
-It is called after the handshake (see ``tlsgate.tls.crl.ClientRevocationGuard``).
+It is called after the handshake (see ``tlsgate.tls.revocation_guard.ClientRevocationGuard``).
 """
 
 from __future__ import annotations
