@@ -16,8 +16,8 @@
   checking what a real client (``openssl s_client``) sees in a handshake (stapling).
 * :class:`GuardedTlsServer` — a pyOpenSSL server driven over memory BIOs under asyncio, the way
   the gateway drives handshakes, applying a
-  :class:`tlsgate.tls.revocation_guard.ClientRevocationGuard` (including holding output while a verdict is pending and sending the late alert); also a
-  reference for integrating the guard.
+  :class:`tlsgate.tls.revocation_guard.ClientRevocationGuard` (including holding output while
+  a verdict is pending and sending the late alert); also a reference for integrating the guard.
 * :func:`s_client` — run ``openssl s_client`` and return what it printed.
 """
 

@@ -5,8 +5,8 @@ One :class:`RevocationRuntime` per worker owns what outlives a reload: the CRL c
 fetched once and kept across reloads), the client OCSP answer cache, and the index of live
 connections by certificate for ``close_revoked_connections``. Per listener context it adds a
 :class:`~tlsgate.tls.revocation_guard.ClientRevocationGuard` (attached to the main and every SNI
-context) and one :class:`~tlsgate.tls.ocsp.OcspStapler` per certificate. HTTP goes through the node (see
-``fetch.py``) when the worker has one, so N workers cost a responder one request.
+context) and one :class:`~tlsgate.tls.ocsp.OcspStapler` per certificate. HTTP goes through the
+node (see ``fetch.py``) when the worker has one, so N workers cost a responder one request.
 """
 
 from __future__ import annotations
