@@ -225,8 +225,13 @@ class Gateway:
         rt.revocation = self.revocation
         rt.psk_identity_of = (self._psk_identity_of if self.config.psk_authentication.enable
                               and rt.kind == "ssl" else None)
-        if self._auth_check not in rt.admission:
-            rt.admission.append(self._auth_check)
+        # The HTTP authentication check only while an authenticator exists: every admission
+        # check is one more coroutine per connection.
+        if self.authenticator is not None:
+            if self._auth_check not in rt.admission:
+                rt.admission.append(self._auth_check)
+        elif self._auth_check in rt.admission:
+            rt.admission.remove(self._auth_check)
         for hook in self.on_listener:
             hook(rt)
 
