@@ -343,3 +343,22 @@ def test_garbage_proxy_header_is_dropped(pki: Pki, broker: Mosquitto,
         assert raw.recv(10) == b""
     raw.close()
     g.wait_log(r"bad PROXY header")
+
+
+def test_far_over_max_connections_sockets_are_closed_before_tls(
+        pki: Pki, broker: Mosquitto, make_gate: GateFactory) -> None:
+    """max_connections = 2: up to 2 + 64 sockets get a handshake (and a CONNACK refusal when
+    over the limit); beyond that a flood of silent sockets is closed at accept, so it buys no
+    TLS state. A real client is refused cleanly meanwhile and served once the flood is gone."""
+    port = free_port()
+    g = make_gate(base_toml(broker.port) + listener_toml(
+        "f", port, pki, extra="max_connections = 2\n"), [port])
+    flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    try:
+        wait_for(lambda: g.count_log(r"max_connections far exceeded") >= 30, 10,
+                 "sockets beyond the hard limit closed at accept")
+        assert g.count_log(r"max_connections far exceeded") <= 100 - 64
+    finally:
+        for s in flood:
+            s.close()
+    wait_for(lambda: _pub311_code(port, pki) == 0, 15, "served again after the flood")

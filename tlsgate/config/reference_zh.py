@@ -22,8 +22,10 @@ _START = ("Start this listener.", "启动此监听器。")
 _BIND = ("Address and port to listen on.", "监听的地址和端口。")
 _UPSTREAM = ("Name of the [upstreams.<name>] to forward to.",
              "转发目标 [upstreams.<name>] 的名称。")
-_MAXCONN = ("Open connections at most; more are refused (CONNACK 0x03 / 0x97).",
-            "同时打开的连接数上限；超出的连接被拒绝（CONNACK 0x03 / 0x97）。")
+_MAXCONN = ("Open connections at most; more are refused (CONNACK 0x03 / 0x97); beyond "
+            "max_connections + max(64, 25 %) they are closed at accept, before any TLS work.",
+            "同时打开的连接数上限；超出的连接被拒绝（CONNACK 0x03 / 0x97）；超过 max_connections + "
+            "max(64, 25 %) 时在 accept 时直接关闭，不做任何 TLS 处理。")
 _RATE = ("New connections per second at most (0 = unlimited); more are refused (CONNACK "
          "0x03 / 0x9F).",
          "每秒新建连接数上限（0 = 不限）；超出的连接被拒绝（CONNACK 0x03 / 0x9F）。")

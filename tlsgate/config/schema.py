@@ -249,7 +249,9 @@ class ListenerBase(Section):
     upstream: str = Field("default", description="Name of the [upstreams.<name>] to forward to.")
     max_connections: int = Field(1_000_000, ge=1, description="Open connections at most; "
                                                               "more are refused (CONNACK 0x03 / "
-                                                              "0x97).")
+                                                              "0x97); beyond max_connections + "
+                                                              "max(64, 25 %) they are closed at "
+                                                              "accept, before any TLS work.")
     max_conn_rate: int = Field(0, ge=0, description="New connections per second at most "
                                                     "(0 = unlimited); more are refused (CONNACK "
                                                     "0x03 / 0x9F).")

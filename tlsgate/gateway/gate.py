@@ -120,6 +120,11 @@ class ClientGate(asyncio.BufferedProtocol):
         if not lst.access.allows(rec.peer[0]):
             self._drop("access_denied", "refused by access_rules")
             return
+        if lst.active >= lst.hard_limit:
+            # Far over max_connections (a flood of sockets that never finish): no TLS state
+            # at all for these, just close; the refusal with a CONNACK below costs a handshake.
+            self._drop("max_connections", "max_connections far exceeded: closed before TLS")
+            return
         lst.registry.add(rec)
         lst.active += 1
         if lst.active > lst.cfg.max_connections:

@@ -85,5 +85,8 @@ class ListenerRuntime:
         self.access = AccessRules(cfg.access_rules)
         self.trusted_proxies = Cidrs(cfg.proxy_protocol_trusted)
         self.rate = RateLimiter(cfg.max_conn_rate)
+        #: Beyond max_connections, clients still get a CONNACK refusal (after a handshake);
+        #: beyond this, sockets are closed at accept, so a flood cannot buy TLS state.
+        self.hard_limit = cfg.max_connections + max(64, cfg.max_connections // 4)
         self.handshake_timeout: float = context.opts.handshake_timeout
         self.alpn = bool(getattr(context.opts, "alpn", None))
