@@ -470,6 +470,8 @@ class ClientGate(asyncio.BufferedProtocol):
                 and lst.revocation is not None:
             lst.revocation.live.register(rec.id, peer_cert_ids(sess.conn, opts.crl_check_depth))
             self.live_registered = True
+        if hasattr(sess, "release_wrapper"):
+            sess.release_wrapper()
         client = ClientSide(self, sess, transport)
         self.relay = Relay(client, upstream)
         rec.relay = self.relay
