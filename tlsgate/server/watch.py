@@ -127,6 +127,10 @@ class FileWatcher:
                 if again == current:
                     break
                 current = again
+            if not self._enabled() or self.node.stopping:
+                # switched off (or stopping) while we looked: the check above was too early
+                baseline = current
+                continue
             changed = sorted(p for p in set(baseline) | set(current)
                              if baseline.get(p) != current.get(p))
             self.last_changed = changed
