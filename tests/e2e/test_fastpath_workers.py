@@ -20,17 +20,32 @@ from tests.clients import need, server_cert_serial
 from tests.conftest import GateFactory, base_toml, listener_toml
 from tests.procs import Gate, Mosquitto, free_port, wait_for
 
+
+@pytest.fixture(params=["c", "python"])
+def relay_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The relay's loops in the C accelerator (the default) and in pure Python: the tlsgate
+    started afterwards inherits the environment."""
+    if request.param == "python":
+        monkeypatch.setenv("TLSGATE_PURE_PYTHON_RELAY", "1")
+    else:
+        monkeypatch.delenv("TLSGATE_PURE_PYTHON_RELAY", raising=False)
+    return str(request.param)
+
+
 CONNECT = bytes([0x10, 0x0E, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, 2]) + b"ku"
 PINGREQ, PINGRESP = b"\xc0\x00", b"\xd0\x00"
 
 
 def test_client_key_update_is_answered_and_traffic_continues(pki: Pki, broker: Mosquitto,
-                                                             make_gate: GateFactory) -> None:
+                                                             make_gate: GateFactory,
+                                                             relay_loops: str) -> None:
     """`openssl s_client` sends a KeyUpdate that requests ours ("K"); afterwards a PINGREQ
     still gets its PINGRESP through tlsgate (a missed update would end in bad_record_mac)."""
     need("openssl")
     port = free_port()
-    make_gate(base_toml(broker.port) + listener_toml("k", port, pki), [port])
+    gate = make_gate(base_toml(broker.port) + listener_toml("k", port, pki), [port])
+    gate.wait_log("TLS relay loops: C accelerator" if relay_loops == "c"
+                  else "TLS relay loops: pure Python")
     p = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
                           "-CAfile", str(pki.ca_pem), "-brief"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -53,7 +68,8 @@ def test_client_key_update_is_answered_and_traffic_continues(pki: Pki, broker: M
 
 
 def test_half_close_the_broker_answer_still_arrives(pki: Pki, broker: Mosquitto,
-                                                    make_gate: GateFactory) -> None:
+                                                    make_gate: GateFactory,
+                                                    relay_loops: str) -> None:
     """The client sends a QoS 1 PUBLISH, then close_notify + TCP FIN (its writing side is
     done); the broker's PUBACK must still come back over the half-open connection."""
     port = free_port()

@@ -12,8 +12,28 @@ import pytest
 from OpenSSL import SSL
 
 from tests.certkit import Pki
+from tlsgate.tls import engine
 from tlsgate.tls.context import build_server_context
 from tlsgate.tls.engine import INBUF, HandshakeError, ServerSession, TlsError
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def relay_loops(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every engine test runs with the relay loops in C (the accelerator) and in Python."""
+    if request.param == "c" and not engine.use_accel(True):
+        pytest.skip(f"C accelerator not available: {engine.ACCEL_MISSING}")
+    if request.param == "python":
+        engine.use_accel(False)
+    yield request.param
+    engine.use_accel(True)
+
+
+def test_c_accelerator_is_built() -> None:
+    """make test's install builds tlsgate.tls._relayc (CI has gcc and python3-dev): a build
+    that silently stopped working would otherwise only show as CPU in the benchmarks."""
+    if os.environ.get("TLSGATE_PURE_PYTHON_RELAY"):
+        pytest.skip("TLSGATE_PURE_PYTHON_RELAY is set")
+    assert engine.ACCEL_MISSING == ""
 
 
 class Peer:

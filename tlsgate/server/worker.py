@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import Config, ConfigError, parse
 from ..log import setup as setup_logging
+from ..tls import engine
 from ..tls.engine import self_check
 from . import worker_ops
 from .app import Gateway
@@ -47,6 +48,12 @@ class Worker:
         config = self._config(args)
         setup_logging(config.log.level, config.log.format, config.log.file,
                       config.log.access_log, tag=f"w{self.index}")
+        if self.index == 0:  # once per node, not once per worker
+            if engine.ACCEL == "c":
+                log.info("TLS relay loops: C accelerator (tlsgate.tls._relayc)")
+            else:
+                log.warning("TLS relay loops: pure Python, more CPU per TLS record (%s)",
+                            engine.ACCEL_MISSING)
         gw = Gateway(config, args.get("path"), reuse_port=True, node=lambda: self.peer)
         self.gw = gw
         if args.get("psk"):

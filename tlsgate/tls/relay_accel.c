@@ -1,0 +1,64 @@
+/* The relay's per-read loops in C: the optional accelerator of tlsgate/tls/engine.py,
+ * compiled by tlsgate/tls/relayc_build.py into the module tlsgate.tls._relayc.
+ *
+ * Why: one socket read often completes several TLS records, and every record costs one
+ * SSL_read. Called from Python through cffi, each call (plus the loop around it) costs about
+ * 0.5 us -- as much as decrypting a small record. These functions run the same sequence of
+ * OpenSSL calls as the pure-Python methods in engine.py (ServerSession.decrypt_out and
+ * encrypt_out), but as one call from Python per socket read.
+ *
+ * They call the OpenSSL that pyOpenSSL/cryptography bundle (statically linked, its symbols
+ * not exported), so they do not link against any libssl: engine.py hands over the function
+ * addresses from the cffi bindings once, at import (tg_init). Nothing here allocates, keeps
+ * state per connection or touches the error queue: error handling stays in Python.
+ */
+
+typedef int (*tg_io_fn)(void *, void *, int);
+typedef int (*tg_err_fn)(const void *, int);
+
+static tg_io_fn tg_BIO_write, tg_BIO_read, tg_SSL_read, tg_SSL_write;
+static tg_err_fn tg_SSL_get_error;
+static int tg_want_read = -1, tg_zero_return = -1;
+
+static int tg_init(void *bio_write, void *bio_read, void *ssl_read, void *ssl_write,
+                   void *ssl_get_error, int want_read, int zero_return)
+{
+    tg_BIO_write = (tg_io_fn)bio_write;
+    tg_BIO_read = (tg_io_fn)bio_read;
+    tg_SSL_read = (tg_io_fn)ssl_read;
+    tg_SSL_write = (tg_io_fn)ssl_write;
+    tg_SSL_get_error = (tg_err_fn)ssl_get_error;
+    tg_want_read = want_read;
+    tg_zero_return = zero_return;
+    return 1;
+}
+
+/* Feed in[0:n] to the read BIO, decrypt every complete record into out (at most cap bytes)
+ * and return the plaintext length. res[0] = SSL_get_error() of the read that ended the loop.
+ * If aux is not NULL and that is not a fatal error, res[1] = what the record layer queued
+ * for the peer meanwhile (a KeyUpdate answer), moved into aux (<= 0: nothing). */
+static int tg_decrypt(void *ssl, void *rbio, void *wbio, char *in, int n, char *out, int cap,
+                      char *aux, int auxcap, int *res)
+{
+    int total = 0, r;
+    if (n > 0)
+        tg_BIO_write(rbio, in, n);
+    while ((r = tg_SSL_read(ssl, out + total, cap - total)) > 0)
+        total += r;
+    res[0] = tg_SSL_get_error(ssl, r);
+    res[1] = 0;
+    if (aux != 0 && (res[0] == tg_want_read || res[0] == tg_zero_return))
+        res[1] = tg_BIO_read(wbio, aux, auxcap);
+    return total;
+}
+
+/* Encrypt in[0:n] (all of it: partial writes are off) and move the records into out.
+ * Returns their length, or -1 if SSL_write did not take all n bytes. */
+static int tg_encrypt(void *ssl, void *wbio, char *in, int n, char *out, int cap)
+{
+    int o;
+    if (tg_SSL_write(ssl, in, n) != n)
+        return -1;
+    o = tg_BIO_read(wbio, out, cap);
+    return o > 0 ? o : 0;
+}

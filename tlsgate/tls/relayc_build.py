@@ -1,0 +1,35 @@
+"""cffi build script of ``tlsgate.tls._relayc``, the optional C accelerator of the TLS relay.
+
+Run by ``setup.py`` at install time (``cffi_modules``). If there is no C compiler or no Python
+headers the build is skipped and :mod:`tlsgate.tls.engine` uses its pure-Python loops; see
+``tlsgate/tls/relay_accel.c`` for what the C code does and why it exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cffi import FFI  # type: ignore[import-untyped]
+
+ffibuilder = FFI()
+ffibuilder.cdef("""
+int tg_init(void *bio_write, void *bio_read, void *ssl_read, void *ssl_write,
+            void *ssl_get_error, int want_read, int zero_return);
+int tg_decrypt(void *ssl, void *rbio, void *wbio, char *in, int n, char *out, int cap,
+               char *aux, int auxcap, int *res);
+int tg_encrypt(void *ssl, void *wbio, char *in, int n, char *out, int cap);
+""")
+ffibuilder.set_source(
+    "tlsgate.tls._relayc",
+    (Path(__file__).with_name("relay_accel.c")).read_text(),
+    extra_compile_args=["-O2"],
+)
+
+if __name__ == "__main__":  # python tlsgate/tls/relayc_build.py: build in place, for development
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # cffi's generated C stays out of the tree
+        so = ffibuilder.compile(tmpdir=tmp, verbose=False)
+        dest = Path(__file__).with_name(Path(so).name)
+        Path(so).replace(dest)
+        print(dest)
