@@ -40,7 +40,7 @@ from ..tls.identity import common_name, identity_from_cert, subject_string
 from ..tls.revocation_guard import peer_cert_ids
 from .listener import ListenerRuntime
 from .record import ConnRecord
-from .relay import ClientSide, Relay, UpstreamSide
+from .relay import Relay, client_side, upstream_side
 
 log = logging.getLogger("tlsgate.gateway")
 
@@ -439,7 +439,7 @@ class ClientGate(asyncio.BufferedProtocol):
         try:
             async with asyncio.timeout(up.connect_timeout):  # cheaper than wait_for: no task
                 transport, upstream = await loop.create_connection(
-                    lambda: UpstreamSide(self, sess, client_t), host, port, **extra)
+                    lambda: upstream_side(self, sess, client_t), host, port, **extra)
         except (TimeoutError, OSError) as exc:
             if isinstance(exc, TimeoutError):
                 what = "timed out"
@@ -472,7 +472,7 @@ class ClientGate(asyncio.BufferedProtocol):
             self.live_registered = True
         if hasattr(sess, "release_wrapper"):
             sess.release_wrapper()
-        client = ClientSide(self, sess, transport)
+        client = client_side(self, sess, transport)
         self.relay = Relay(client, upstream)
         rec.relay = self.relay
         self.phase = _RELAY

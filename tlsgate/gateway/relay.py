@@ -19,7 +19,8 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..tls.engine import IN_VIEW, OUT_VIEW, TlsError
+from ..tls import engine
+from ..tls.engine import IN_VIEW, OUT_VIEW, ServerSession, TlsError
 
 _os_write = os.write
 
@@ -152,6 +153,77 @@ class UpstreamSide(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.client_transport.resume_reading()
+
+
+class ClientSideC(ClientSide):
+    """:class:`ClientSide` when the engine's C accelerator runs the loops: decrypting and
+    writing to the broker socket is one call (``ServerSession.decrypt_send``)."""
+
+    __slots__ = ()
+
+    def __init__(self, conn: ClientGate, sess: Any, upstream_transport: asyncio.Transport) -> None:
+        super().__init__(conn, sess, upstream_transport)
+        self._decrypt = sess.decrypt_send
+
+    def buffer_updated(self, nbytes: int) -> None:
+        fd = self._up_fd
+        if fd >= 0 and self._up_pending():
+            fd = -1  # bytes are queued in the transport: ours go behind them
+        try:
+            total = self._decrypt(nbytes, fd)
+        except TlsError as exc:
+            self.conn.close("tls error: " + exc.reason)
+            return
+        if total:
+            self.nbytes += total
+            done = _SENT[2] if fd >= 0 else 0
+            if done < total:
+                self._up_write(OUT_VIEW[done:total].tobytes())
+        if self._sess.peer_closed:
+            self.conn.client_eof("client sent close_notify")
+
+
+class UpstreamSideC(UpstreamSide):
+    """:class:`UpstreamSide` with encrypting and writing to the client as one C call."""
+
+    __slots__ = ()
+
+    def __init__(self, conn: ClientGate, sess: Any, client_transport: asyncio.Transport) -> None:
+        super().__init__(conn, sess, client_transport)
+        self._encrypt = sess.encrypt_send
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.nbytes += nbytes
+        fd = self._client_fd
+        if fd >= 0 and self._client_pending():
+            fd = -1
+        try:
+            total = self._encrypt(nbytes, fd)
+        except TlsError as exc:
+            self.conn.close("tls error: " + exc.reason)
+            return
+        done = _SENT[2] if fd >= 0 else 0
+        if done < total:
+            self._client_write(OUT_VIEW[done:total].tobytes())
+
+
+_SENT = engine.SENT
+
+
+def _accelerated(sess: Any) -> bool:
+    return engine.ACCEL == "c" and isinstance(sess, ServerSession)
+
+
+def client_side(conn: ClientGate, sess: Any, upstream_transport: asyncio.Transport) -> ClientSide:
+    """The client socket's relay protocol for this session (C loops when available)."""
+    cls = ClientSideC if _accelerated(sess) else ClientSide
+    return cls(conn, sess, upstream_transport)
+
+
+def upstream_side(conn: ClientGate, sess: Any, client_transport: asyncio.Transport) -> UpstreamSide:
+    """The broker socket's protocol for this session (C loops when available)."""
+    cls = UpstreamSideC if _accelerated(sess) else UpstreamSide
+    return cls(conn, sess, client_transport)
 
 
 class Relay:

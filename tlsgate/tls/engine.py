@@ -303,6 +303,40 @@ class ServerSession:
             self.recycle_bios()
         return o
 
+    def decrypt_send(self, n: int, fd: int) -> int:
+        """The relay's read in one C call (accelerator only): :meth:`decrypt_out`, then the
+        plaintext is written to socket ``fd`` (``-1``: not written). Returns the plaintext
+        length; how much of it the socket took is ``SENT[2]`` (the rest, ``OUT_VIEW[SENT[2]:
+        result]``, is the caller's to queue)."""
+        res = _RES
+        total: int = _tg_decrypt_send(self._ssl, self._rbio, self._wbio, _IN, n, _OUT, _OUTCAP,
+                                      _AUX, _AUXCAP, fd, res)
+        err = res[0]
+        if err != _WANT_READ:
+            if err == _ZERO_RETURN:
+                self.peer_closed = True
+            else:
+                reason = self._describe(err)
+                self.flush()
+                raise TlsError(reason)
+        o = res[1]
+        if o > 0:
+            self.send(_AUX_MV[:o].tobytes())
+            self.flush()
+        if n > _RECYCLE_AT:
+            self.recycle_bios()
+        return total
+
+    def encrypt_send(self, n: int, fd: int) -> int:
+        """:meth:`encrypt_out`, then the records are written to socket ``fd`` (accelerator
+        only; see :meth:`decrypt_send`)."""
+        o: int = _tg_encrypt_send(self._ssl, self._wbio, _IN, n, _OUT, _OUTCAP, fd, _RES)
+        if o < 0:
+            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["short write"]))
+        if n > _RECYCLE_AT:
+            self.recycle_bios()
+        return o
+
     def encrypt_in(self, n: int) -> bytes:
         """:meth:`encrypt_out` returning a copy of the ciphertext."""
         o = self.encrypt_out(n)
@@ -421,7 +455,12 @@ _PY_DECRYPT_OUT = ServerSession.decrypt_out
 _PY_ENCRYPT_OUT = ServerSession.encrypt_out
 _tg_decrypt: Any = None
 _tg_encrypt: Any = None
+_tg_decrypt_send: Any = None
+_tg_encrypt_send: Any = None
 _RES: Any = None
+#: The accelerator's result slots (``int[3]``; ``SENT[2]``: bytes the last ``*_send`` call
+#: wrote to its socket), None without the accelerator.
+SENT: Any = None
 _C_NULL: Any = None
 #: "c" when the relay loops run in the C accelerator, "python" otherwise.
 ACCEL = "python"
@@ -431,7 +470,7 @@ ACCEL_MISSING = ""
 
 def _load_accel() -> str:
     """Import and initialise ``tlsgate.tls._relayc``; returns "" or why it is not used."""
-    global _tg_decrypt, _tg_encrypt, _RES, _C_NULL
+    global _tg_decrypt, _tg_encrypt, _tg_decrypt_send, _tg_encrypt_send, _RES, _C_NULL, SENT
     if os.environ.get("TLSGATE_PURE_PYTHON_RELAY"):
         return "TLSGATE_PURE_PYTHON_RELAY is set"
     try:
@@ -446,7 +485,8 @@ def _load_accel() -> str:
         return f"cannot take OpenSSL function addresses from the cffi bindings: {exc}"
     mod.lib.tg_init(*fns, _WANT_READ, _ZERO_RETURN)
     _tg_decrypt, _tg_encrypt = mod.lib.tg_decrypt, mod.lib.tg_encrypt
-    _RES = mod.ffi.new("int[2]")
+    _tg_decrypt_send, _tg_encrypt_send = mod.lib.tg_decrypt_send, mod.lib.tg_encrypt_send
+    _RES = SENT = mod.ffi.new("int[3]")
     _C_NULL = mod.ffi.NULL
     return ""
 

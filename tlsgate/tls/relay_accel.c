@@ -11,7 +11,13 @@
  * not exported), so they do not link against any libssl: engine.py hands over the function
  * addresses from the cffi bindings once, at import (tg_init). Nothing here allocates, keeps
  * state per connection or touches the error queue: error handling stays in Python.
+ *
+ * tg_decrypt_send / tg_encrypt_send also write the result to the other socket, as the relay
+ * does in Python (os.write straight from the output buffer): one call per socket read in all.
  */
+
+#include <errno.h>
+#include <unistd.h>
 
 typedef int (*tg_io_fn)(void *, void *, int);
 typedef int (*tg_err_fn)(const void *, int);
@@ -61,4 +67,37 @@ static int tg_encrypt(void *ssl, void *wbio, char *in, int n, char *out, int cap
         return -1;
     o = tg_BIO_read(wbio, out, cap);
     return o > 0 ? o : 0;
+}
+
+/* write(2) that retries on EINTR (as os.write does); any other error or EAGAIN counts as
+ * nothing written: the caller hands the rest to its transport, which meets the error itself. */
+static int tg_write_fd(int fd, const char *buf, int n)
+{
+    ssize_t w;
+    do {
+        w = write(fd, buf, (size_t)n);
+    } while (w < 0 && errno == EINTR);
+    return w < 0 ? 0 : (int)w;
+}
+
+/* tg_decrypt, then (fd >= 0, no fatal error) write the plaintext to fd: res[2] = bytes written. */
+static int tg_decrypt_send(void *ssl, void *rbio, void *wbio, char *in, int n, char *out,
+                           int cap, char *aux, int auxcap, int fd, int *res)
+{
+    int total = tg_decrypt(ssl, rbio, wbio, in, n, out, cap, aux, auxcap, res);
+    res[2] = 0;
+    if (fd >= 0 && total > 0 && (res[0] == tg_want_read || res[0] == tg_zero_return))
+        res[2] = tg_write_fd(fd, out, total);
+    return total;
+}
+
+/* tg_encrypt, then (fd >= 0) write the records to fd: res[2] = bytes written. */
+static int tg_encrypt_send(void *ssl, void *wbio, char *in, int n, char *out, int cap, int fd,
+                           int *res)
+{
+    int o = tg_encrypt(ssl, wbio, in, n, out, cap);
+    res[2] = 0;
+    if (fd >= 0 && o > 0)
+        res[2] = tg_write_fd(fd, out, o);
+    return o;
 }

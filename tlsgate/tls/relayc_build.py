@@ -18,6 +18,10 @@ int tg_init(void *bio_write, void *bio_read, void *ssl_read, void *ssl_write,
 int tg_decrypt(void *ssl, void *rbio, void *wbio, char *in, int n, char *out, int cap,
                char *aux, int auxcap, int *res);
 int tg_encrypt(void *ssl, void *wbio, char *in, int n, char *out, int cap);
+int tg_decrypt_send(void *ssl, void *rbio, void *wbio, char *in, int n, char *out, int cap,
+                    char *aux, int auxcap, int fd, int *res);
+int tg_encrypt_send(void *ssl, void *wbio, char *in, int n, char *out, int cap, int fd,
+                    int *res);
 """)
 ffibuilder.set_source(
     "tlsgate.tls._relayc",
