@@ -1,0 +1,192 @@
+"""What the OpenSSL library alone costs per connection, bundled vs system: the floor under
+tlsgate's idle-memory and handshake numbers (issue 12's notes quote this).
+
+tlsgate's TLS engine runs on the OpenSSL that `cryptography` bundles (pyOpenSSL); HAProxy, nginx
+and stunnel on this machine link the system libssl (Debian 12: OpenSSL 3.0). This prints, for
+both libraries, the heap one SSL object takes (glibc mallinfo2 before/after 2000 SSL_new) and
+the server's CPU for one full TLS 1.3 handshake over memory BIOs (ECDSA P-256 + X25519, the
+client's work excluded). Usage: .venv/bin/python benchmarks/openssl_floor.py [N]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+_libc = ctypes.CDLL("libc.so.6")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+_libc.mallinfo2.restype = _MallInfo2
+
+
+def heap() -> int:
+    m = _libc.mallinfo2()
+    return int(m.uordblks + m.hblkhd)
+
+
+def make_cert(d: Path) -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (d / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    return str(d / "c.pem"), str(d / "k.pem")
+
+
+def bundled_ctx(cert: str, key: str) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate_chain_file(cert)
+    ctx.use_privatekey_file(key)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return ctx
+
+
+def ssl_new_bundled(ctx: SSL.Context) -> float:
+    h0 = heap()
+    keep = [_lib.SSL_new(ctx._context) for _ in range(N)]
+    h1 = heap()
+    for s in keep:
+        _lib.SSL_free(s)
+    return (h1 - h0) / N / 1024
+
+
+def ssl_new_system() -> float:
+    so = ctypes.CDLL("libssl.so.3")
+    so.TLS_server_method.restype = ctypes.c_void_p
+    so.SSL_CTX_new.restype = ctypes.c_void_p
+    so.SSL_CTX_new.argtypes = [ctypes.c_void_p]
+    so.SSL_new.restype = ctypes.c_void_p
+    so.SSL_new.argtypes = [ctypes.c_void_p]
+    so.SSL_free.argtypes = [ctypes.c_void_p]
+    ctx = so.SSL_CTX_new(so.TLS_server_method())
+    h0 = heap()
+    keep = [so.SSL_new(ctx) for _ in range(N)]
+    h1 = heap()
+    for s in keep:
+        so.SSL_free(s)
+    return (h1 - h0) / N / 1024
+
+
+def _client() -> ssl.SSLContext:
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    c.minimum_version = ssl.TLSVersion.TLSv1_3
+    return c
+
+
+def hs_bundled(ctx: SSL.Context) -> float:
+    cctx, spent = _client(), 0.0
+    for _ in range(N):
+        cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+        cli = cctx.wrap_bio(cin, cout)
+        t = time.process_time()
+        srv = SSL.Connection(ctx, None)
+        srv.set_accept_state()
+        spent += time.process_time() - t
+        cdone = sdone = False
+        while not (cdone and sdone):
+            if not cdone:
+                try:
+                    cli.do_handshake()
+                    cdone = True
+                except ssl.SSLWantReadError:
+                    pass
+            data = cout.read()
+            t = time.process_time()
+            if data:
+                srv.bio_write(data)
+            if not sdone:
+                try:
+                    srv.do_handshake()
+                    sdone = True
+                except SSL.WantReadError:
+                    pass
+            try:
+                out = srv.bio_read(65536)
+            except SSL.WantReadError:
+                out = b""
+            spent += time.process_time() - t
+            if out:
+                cin.write(out)
+    return spent / N * 1e6
+
+
+def hs_system(cert: str, key: str) -> float:
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    cctx, spent = _client(), 0.0
+    for _ in range(N):
+        cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+        cli = cctx.wrap_bio(cin, cout)
+        sin, sout = ssl.MemoryBIO(), ssl.MemoryBIO()
+        t = time.process_time()
+        srv = sctx.wrap_bio(sin, sout, server_side=True)
+        spent += time.process_time() - t
+        cdone = sdone = False
+        while not (cdone and sdone):
+            if not cdone:
+                try:
+                    cli.do_handshake()
+                    cdone = True
+                except ssl.SSLWantReadError:
+                    pass
+            data = cout.read()
+            t = time.process_time()
+            if data:
+                sin.write(data)
+            if not sdone:
+                try:
+                    srv.do_handshake()
+                    sdone = True
+                except ssl.SSLWantReadError:
+                    pass
+            out = sout.read()
+            spent += time.process_time() - t
+            if out:
+                cin.write(out)
+    return spent / N * 1e6
+
+
+def main() -> None:
+    from cryptography.hazmat.backends.openssl import backend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = make_cert(Path(tmp))
+        ctx = bundled_ctx(cert, key)
+        bundled = backend.openssl_version_text()
+        print(f"{'library':34} {'SSL_new heap':>14} {'server handshake CPU':>22}")
+        print(f"{bundled + ' (tlsgate)':34} {ssl_new_bundled(ctx):11.2f} KiB "
+              f"{hs_bundled(ctx):18.0f} µs")
+        print(f"{ssl.OPENSSL_VERSION + ' (system)':34} {ssl_new_system():11.2f} KiB "
+              f"{hs_system(cert, key):18.0f} µs")
+
+
+if __name__ == "__main__":
+    main()
