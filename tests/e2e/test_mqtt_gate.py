@@ -154,6 +154,37 @@ def test_upstream_unreachable_v311_and_v5(pki: Pki, make_gate: GateFactory) -> N
     assert _paho5_code(port, pki) == 0x88
 
 
+def test_upstream_connect_that_hangs_times_out(pki: Pki, make_gate: GateFactory) -> None:
+    """A broker whose TCP connect never completes (its accept queue is full, so Linux drops
+    our SYNs): upstream.connect_timeout (2 s here) ends the dial with a CONNACK 0x03 and
+    "timed out" in the access log, and the next client is served the same way."""
+    black = socket.socket()
+    black.bind(("127.0.0.1", 0))
+    black.listen(0)  # never accepted: one queued connection fills it
+    fillers = []
+    try:
+        for _ in range(3):
+            f = socket.socket()
+            f.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                f.connect(black.getsockname())
+            fillers.append(f)
+        time.sleep(0.2)
+        port = free_port()
+        g = make_gate(base_toml(black.getsockname()[1]) + listener_toml("h", port, pki), [port])
+        for _ in range(2):
+            t0 = time.monotonic()
+            assert _pub311_code(port, pki) == 0x03
+            elapsed = time.monotonic() - t0
+            assert 1.5 < elapsed < 6, elapsed
+        wait_for(lambda: g.count_log(r"unreachable: timed out") == 2, 5,
+                 "two 'unreachable: timed out' access lines")
+    finally:
+        for f in fillers:
+            f.close()
+        black.close()
+
+
 def test_max_connections_v311_and_v5(pki: Pki, broker: Mosquitto,
                                      make_gate: GateFactory) -> None:
     port = free_port()
