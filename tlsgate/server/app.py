@@ -31,7 +31,7 @@ from ..mqtt import Connect, Refusal
 from ..psk_table import PskTable, printable_identity
 from ..tls.client_context import ClientTls, ClientTlsError, build_client_tls
 from ..tls.context import ContextError, ContextHook, build_server_context
-from ..tls.engine import TlsError
+from ..tls.engine import TlsError, sweep_bios
 from ..tls.psk import (
     PskResumed,
     PskUnavailable,
@@ -43,6 +43,10 @@ from ..tls.psk import (
 from .control import ControlPeer
 from .revocation import RevocationRuntime
 from .sockets import listening_socket
+
+#: Seconds between sweeps of idle connections' enlarged BIO buffers (engine.sweep_bios): a
+#: connection gives back its transfer buffers 1-2 intervals after its last large chunk.
+BIO_SWEEP_INTERVAL = 1.0
 
 log = logging.getLogger("tlsgate.server")
 
@@ -97,6 +101,14 @@ class Gateway:
         #: This worker's TLS-PSK identities (the node pushes the merged table: psk_set).
         self.psk_table = PskTable()
         self.revocation.on_revoked(self._close_revoked)
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def _sweep_bios(self) -> None:
+        """Every second: give back the BIO buffers of connections whose large transfers are
+        over (tlsgate.tls.engine.sweep_bios)."""
+        sweep_bios()
+        self._sweeper = asyncio.get_running_loop().call_later(BIO_SWEEP_INTERVAL,
+                                                              self._sweep_bios)
 
     # ------------------------------------------------------------------ building
     def build(self, config: Config) -> Built:
@@ -157,6 +169,9 @@ class Gateway:
         for label, (cfg, ctx) in built.listeners.items():
             await self.revocation.start_context(ctx)
             await self._start_listener(label, cfg, ctx)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(BIO_SWEEP_INTERVAL,
+                                                                  self._sweep_bios)
         log.info("tlsgate node %s ready: %s", self.config.node.name,
                  ", ".join(f"{lb} on {r.rt.cfg.bind}" for lb, r in self.listeners.items()))
 
@@ -321,6 +336,9 @@ class Gateway:
     # ------------------------------------------------------------------ stop
     async def stop(self) -> None:
         """Stop accepting, let connections drain, then close what is left."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for label in list(self.listeners):
             await self._stop_listener(label)
         deadline = time.monotonic() + self.config.node.shutdown_timeout
