@@ -16,7 +16,9 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -101,14 +103,17 @@ def _client() -> ssl.SSLContext:
     return c
 
 
-def hs_bundled(ctx: SSL.Context) -> float:
+def _server_cpu(new_server: Callable[[], Any], feed: Callable[[Any, bytes], None],
+                step: Callable[[Any], bool], drain: Callable[[Any], bytes]) -> float:
+    """µs of CPU the server side spends per full handshake (the stdlib client's work is not
+    timed): ``new_server`` makes one, ``feed`` gives it client bytes, ``step`` advances it
+    (True when done), ``drain`` returns what it wants to send."""
     cctx, spent = _client(), 0.0
     for _ in range(N):
         cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
         cli = cctx.wrap_bio(cin, cout)
         t = time.process_time()
-        srv = SSL.Connection(ctx, None)
-        srv.set_accept_state()
+        srv = new_server()
         spent += time.process_time() - t
         cdone = sdone = False
         while not (cdone and sdone):
@@ -121,57 +126,55 @@ def hs_bundled(ctx: SSL.Context) -> float:
             data = cout.read()
             t = time.process_time()
             if data:
-                srv.bio_write(data)
+                feed(srv, data)
             if not sdone:
-                try:
-                    srv.do_handshake()
-                    sdone = True
-                except SSL.WantReadError:
-                    pass
-            try:
-                out = srv.bio_read(65536)
-            except SSL.WantReadError:
-                out = b""
+                sdone = step(srv)
+            out = drain(srv)
             spent += time.process_time() - t
             if out:
                 cin.write(out)
     return spent / N * 1e6
+
+
+def hs_bundled(ctx: SSL.Context) -> float:
+    def new() -> SSL.Connection:
+        c = SSL.Connection(ctx, None)
+        c.set_accept_state()
+        return c
+
+    def step(c: SSL.Connection) -> bool:
+        try:
+            c.do_handshake()
+            return True
+        except SSL.WantReadError:
+            return False
+
+    def drain(c: SSL.Connection) -> bytes:
+        try:
+            return c.bio_read(65536)
+        except SSL.WantReadError:
+            return b""
+
+    return _server_cpu(new, lambda c, d: c.bio_write(d), step, drain)
 
 
 def hs_system(cert: str, key: str) -> float:
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     sctx.load_cert_chain(cert, key)
-    cctx, spent = _client(), 0.0
-    for _ in range(N):
-        cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
-        cli = cctx.wrap_bio(cin, cout)
+    Srv = tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]
+
+    def new() -> Srv:
         sin, sout = ssl.MemoryBIO(), ssl.MemoryBIO()
-        t = time.process_time()
-        srv = sctx.wrap_bio(sin, sout, server_side=True)
-        spent += time.process_time() - t
-        cdone = sdone = False
-        while not (cdone and sdone):
-            if not cdone:
-                try:
-                    cli.do_handshake()
-                    cdone = True
-                except ssl.SSLWantReadError:
-                    pass
-            data = cout.read()
-            t = time.process_time()
-            if data:
-                sin.write(data)
-            if not sdone:
-                try:
-                    srv.do_handshake()
-                    sdone = True
-                except ssl.SSLWantReadError:
-                    pass
-            out = sout.read()
-            spent += time.process_time() - t
-            if out:
-                cin.write(out)
-    return spent / N * 1e6
+        return sctx.wrap_bio(sin, sout, server_side=True), sin, sout
+
+    def step(s: Srv) -> bool:
+        try:
+            s[0].do_handshake()
+            return True
+        except ssl.SSLWantReadError:
+            return False
+
+    return _server_cpu(new, lambda s, d: s[1].write(d), step, lambda s: s[2].read())
 
 
 def main() -> None:

@@ -237,6 +237,17 @@ class ServerSession:
             total += r
             r = _SSL_read(ssl, _OUT + total, _OUTCAP - total)
         err = _SSL_get_error(ssl, r)
+        # what the record layer queued meanwhile (usually nothing: one call to find out)
+        o = (_BIO_read(self._wbio, _AUX, _AUXCAP)
+             if reply and err in (_WANT_READ, _ZERO_RETURN) else 0)
+        if err != _WANT_READ or o > 0 or n > _RECYCLE_AT:
+            self._after_read(err, o, n)
+        return total
+
+    def _after_read(self, err: int, reply_len: int, n: int) -> None:
+        """The rare outcomes of a relay read (all three implementations): close_notify, a
+        fatal error (alert sent, :class:`TlsError` raised), an answer the record layer queued
+        (``_AUX[:reply_len]``), a chunk large enough to make the BIOs due for a swap."""
         if err != _WANT_READ:
             if err == _ZERO_RETURN:
                 self.peer_closed = True
@@ -244,14 +255,11 @@ class ServerSession:
                 reason = self._describe(err)
                 self.flush()
                 raise TlsError(reason)
-        if reply:
-            o = _BIO_read(self._wbio, _AUX, _AUXCAP)
-            if o > 0:  # usually nothing: one call to find out, a second only if there is more
-                self.send(_AUX_MV[:o].tobytes())
-                self.flush()
+        if reply_len > 0:
+            self.send(_AUX_MV[:reply_len].tobytes())
+            self.flush()  # more than the scratch buffer held
         if n > _RECYCLE_AT:
             _BIG[self] = _sweep_gen
-        return total
 
     def decrypt(self, n: int) -> bytes:
         """:meth:`decrypt_out` returning a copy of the plaintext (b"" if none)."""
@@ -278,20 +286,8 @@ class ServerSession:
         res = _RES
         total: int = _tg_decrypt(self._ssl, self._rbio, self._wbio, _IN, n, _OUT, _OUTCAP,
                                  _AUX if reply else _C_NULL, _AUXCAP, res)
-        err = res[0]
-        if err != _WANT_READ:
-            if err == _ZERO_RETURN:
-                self.peer_closed = True
-            else:
-                reason = self._describe(err)
-                self.flush()
-                raise TlsError(reason)
-        o = res[1]
-        if o > 0:  # a KeyUpdate answer (or more than the scratch buffer held: flush the rest)
-            self.send(_AUX_MV[:o].tobytes())
-            self.flush()
-        if n > _RECYCLE_AT:
-            _BIG[self] = _sweep_gen
+        if res[0] != _WANT_READ or res[1] > 0 or n > _RECYCLE_AT:
+            self._after_read(res[0], res[1], n)
         return total
 
     def _encrypt_out_c(self, n: int) -> int:
@@ -311,20 +307,8 @@ class ServerSession:
         res = _RES
         total: int = _tg_decrypt_send(self._ssl, self._rbio, self._wbio, _IN, n, _OUT, _OUTCAP,
                                       _AUX, _AUXCAP, fd, res)
-        err = res[0]
-        if err != _WANT_READ:
-            if err == _ZERO_RETURN:
-                self.peer_closed = True
-            else:
-                reason = self._describe(err)
-                self.flush()
-                raise TlsError(reason)
-        o = res[1]
-        if o > 0:
-            self.send(_AUX_MV[:o].tobytes())
-            self.flush()
-        if n > _RECYCLE_AT:
-            _BIG[self] = _sweep_gen
+        if res[0] != _WANT_READ or res[1] > 0 or n > _RECYCLE_AT:
+            self._after_read(res[0], res[1], n)
         return total
 
     def encrypt_send(self, n: int, fd: int) -> int:
