@@ -5,7 +5,7 @@ pyproject.toml.
 tlsgate/tls/relayc_build.py) runs the relay's per-read OpenSSL loops in C. It needs a C compiler
 and the Python headers (Debian: gcc, python3-dev). Without them the build step is skipped with a
 warning and tlsgate runs its pure-Python loops (same behaviour, more CPU per TLS record);
-``tlsgate version`` and the worker's start-up log say which one is in use.
+the first worker's start-up log says which one is in use ("TLS relay loops: ...").
 """
 
 from __future__ import annotations
