@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import ssl
 from collections.abc import Iterator
 
@@ -14,18 +15,7 @@ from OpenSSL import SSL
 from tests.certkit import Pki
 from tlsgate.tls import engine
 from tlsgate.tls.context import build_server_context
-from tlsgate.tls.engine import INBUF, HandshakeError, ServerSession, TlsError
-
-
-@pytest.fixture(autouse=True, params=["c", "python"])
-def relay_loops(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every engine test runs with the relay loops in C (the accelerator) and in Python."""
-    if request.param == "c" and not engine.use_accel(True):
-        pytest.skip(f"C accelerator not available: {engine.ACCEL_MISSING}")
-    if request.param == "python":
-        engine.use_accel(False)
-    yield request.param
-    engine.use_accel(True)
+from tlsgate.tls.engine import INBUF, OUT_VIEW, HandshakeError, ServerSession, TlsError
 
 
 def test_c_accelerator_is_built() -> None:
@@ -236,3 +226,103 @@ def test_engine_self_check_passes() -> None:
 
     self_check()
     assert SSL.Connection is not None
+
+
+# -- the relay's C entry points (tlsgate.tls._relayc): decrypt/encrypt + write to a socket ------
+needs_c = pytest.mark.skipif(engine.SENT is None,
+                             reason=f"no C accelerator: {engine.ACCEL_MISSING}")
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    got = b""
+    sock.settimeout(5)
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        assert chunk, f"socket closed after {len(got)} of {n} bytes"
+        got += chunk
+    return got
+
+
+@needs_c
+def test_decrypt_send_writes_every_record_of_one_read_to_the_socket(peer: Peer) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        msgs = [os.urandom(100) for _ in range(10)]
+        wire = b"".join(peer.client_records(m) for m in msgs)
+        INBUF[:len(wire)] = wire
+        assert peer.sess.decrypt_send(len(wire), a.fileno()) == 1000
+        assert engine.SENT[2] == 1000
+        assert _recv_exactly(b, 1000) == b"".join(msgs)
+
+
+@needs_c
+def test_decrypt_send_without_a_socket_leaves_the_plaintext_for_the_caller(peer: Peer) -> None:
+    wire = peer.client_records(b"hello")
+    INBUF[:len(wire)] = wire
+    assert peer.sess.decrypt_send(len(wire), -1) == 5
+    assert engine.SENT[2] == 0
+    assert bytes(OUT_VIEW[:5]) == b"hello"
+
+
+@needs_c
+def test_decrypt_send_into_a_full_socket_reports_how_much_it_took(peer: Peer) -> None:
+    """What the socket does not take stays in OUT_VIEW[SENT[2]:total] for the transport."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        a.setblocking(False)
+        big = os.urandom(200_000)
+        wire = peer.client_records(big)
+        INBUF[:len(wire)] = wire
+        total = peer.sess.decrypt_send(len(wire), a.fileno())
+        done = engine.SENT[2]
+        assert total == len(big)
+        assert 0 < done < total
+        assert bytes(OUT_VIEW[:total]) == big
+        assert _recv_exactly(b, done) == big[:done]
+
+
+@needs_c
+def test_decrypt_send_close_notify_sets_peer_closed(peer: Peer) -> None:
+    with contextlib.suppress(ssl.SSLWantReadError):
+        peer.cli.unwrap()
+    wire = peer.cout.read()
+    INBUF[:len(wire)] = wire
+    assert peer.sess.decrypt_send(len(wire), -1) == 0
+    assert peer.sess.peer_closed
+
+
+@needs_c
+def test_decrypt_send_tampered_record_writes_nothing_and_raises(peer: Peer) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        good = peer.client_records(b"first")
+        bad = bytearray(peer.client_records(b"second"))
+        bad[-3] ^= 0x01
+        wire = good + bytes(bad)
+        INBUF[:len(wire)] = wire
+        with pytest.raises(TlsError):  # OpenSSL's wording depends on the flipped byte
+            peer.sess.decrypt_send(len(wire), a.fileno())
+        peer.pump_to_client()  # our alert went out: the client reads it as a TLS error
+        with pytest.raises(ssl.SSLError, match="ALERT"):
+            peer.cli.read(100)
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):  # and the plaintext before it did not
+            b.recv(100)
+
+
+@needs_c
+def test_encrypt_send_writes_records_the_client_can_read(peer: Peer) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        data = os.urandom(30_000)
+        INBUF[:len(data)] = data
+        o = peer.sess.encrypt_send(len(data), a.fileno())
+        assert o > len(data) and engine.SENT[2] == o
+        peer.sent.append(_recv_exactly(b, o))
+        assert peer.client_read() == data
+        INBUF[:4] = b"pong"  # without a socket the records stay in OUT_VIEW
+        o = peer.sess.encrypt_send(4, -1)
+        assert engine.SENT[2] == 0
+        peer.sent.append(bytes(OUT_VIEW[:o]))
+        assert peer.client_read() == b"pong"

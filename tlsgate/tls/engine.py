@@ -17,13 +17,16 @@ exception to end every read loop, allocates a fresh buffer per call and copies p
 * Output the record layer produces on its own (a TLS 1.3 KeyUpdate answer, session tickets,
   alerts) is drained from the write BIO after each read batch and sent back at once.
 
-* The loops of one relay read (``BIO_write``, ``SSL_read`` per record, the KeyUpdate check;
-  ``SSL_write`` + ``BIO_read``) run in C when the optional accelerator
-  ``tlsgate.tls._relayc`` is built (``relay_accel.c``): one call from Python per socket read
-  instead of one per record, which halves the CPU of a read that brings ten small messages. It
-  calls the same OpenSSL functions (their addresses come from the cffi bindings), so behaviour
-  is identical; without it (no C compiler at install, or ``TLSGATE_PURE_PYTHON_RELAY=1``) the
-  pure-Python methods below do the same work. :data:`ACCEL` says which one runs.
+* The loops of one relay read (``BIO_write``, ``SSL_read`` per record, the KeyUpdate check,
+  the write to the other socket; ``SSL_write`` + ``BIO_read`` + write) run in C when the
+  optional accelerator ``tlsgate.tls._relayc`` is built (``relay_accel.c``): one call from
+  Python per socket read instead of one per record (:meth:`ServerSession.decrypt_send` /
+  :meth:`~ServerSession.encrypt_send`), which halves the CPU of a read that brings ten small
+  messages. It calls the same OpenSSL functions (their addresses come from the cffi bindings),
+  so behaviour is identical; without it (no C compiler at install, or
+  ``TLSGATE_PURE_PYTHON_RELAY=1``) the relay uses :meth:`~ServerSession.decrypt_out` /
+  :meth:`~ServerSession.encrypt_out`. :data:`ACCEL` says which one runs. The reads before the
+  relay (handshake, CONNECT) are once per connection and always use the Python methods.
 
 The pyOpenSSL internals used here (``Connection._ssl``, ``_into_ssl``, ``_from_ssl``) are
 private API; :func:`self_check` verifies them at start-up so a pyOpenSSL change fails loudly
@@ -245,7 +248,7 @@ class ServerSession:
         return total
 
     def _after_read(self, err: int, reply_len: int, n: int) -> None:
-        """The rare outcomes of a relay read (all three implementations): close_notify, a
+        """The rare outcomes of a relay read (Python and C paths): close_notify, a
         fatal error (alert sent, :class:`TlsError` raised), an answer the record layer queued
         (``_AUX[:reply_len]``), a chunk large enough to make the BIOs due for a swap."""
         if err != _WANT_READ:
@@ -280,24 +283,6 @@ class ServerSession:
         if n > _RECYCLE_AT:
             _BIG[self] = _sweep_gen
         return o if o > 0 else 0
-
-    def _decrypt_out_c(self, n: int, reply: bool = True) -> int:
-        """:meth:`decrypt_out` with its loop in C (see the module docstring)."""
-        res = _RES
-        total: int = _tg_decrypt(self._ssl, self._rbio, self._wbio, _IN, n, _OUT, _OUTCAP,
-                                 _AUX if reply else _C_NULL, _AUXCAP, res)
-        if res[0] != _WANT_READ or res[1] > 0 or n > _RECYCLE_AT:
-            self._after_read(res[0], res[1], n)
-        return total
-
-    def _encrypt_out_c(self, n: int) -> int:
-        """:meth:`encrypt_out` as one call into C."""
-        o: int = _tg_encrypt(self._ssl, self._wbio, _IN, n, _OUT, _OUTCAP)
-        if o < 0:
-            raise TlsError("TLS write failed: " + ", ".join(_err_reasons() or ["short write"]))
-        if n > _RECYCLE_AT:
-            _BIG[self] = _sweep_gen
-        return o
 
     def decrypt_send(self, n: int, fd: int) -> int:
         """The relay's read in one C call (accelerator only): :meth:`decrypt_out`, then the
@@ -463,18 +448,14 @@ def sweep_bios() -> int:
 
 
 # -- the optional C accelerator -----------------------------------------------------------------
-_PY_DECRYPT_OUT = ServerSession.decrypt_out
-_PY_ENCRYPT_OUT = ServerSession.encrypt_out
-_tg_decrypt: Any = None
-_tg_encrypt: Any = None
 _tg_decrypt_send: Any = None
 _tg_encrypt_send: Any = None
 _RES: Any = None
 #: The accelerator's result slots (``int[3]``; ``SENT[2]``: bytes the last ``*_send`` call
 #: wrote to its socket), None without the accelerator.
 SENT: Any = None
-_C_NULL: Any = None
-#: "c" when the relay loops run in the C accelerator, "python" otherwise.
+#: "c" when the relay uses :meth:`ServerSession.decrypt_send` / :meth:`~ServerSession.encrypt_send`
+#: (the C accelerator), "python" when it uses the pure-Python methods.
 ACCEL = "python"
 #: Why the accelerator is not in use (for the start-up log), or "".
 ACCEL_MISSING = ""
@@ -482,7 +463,7 @@ ACCEL_MISSING = ""
 
 def _load_accel() -> str:
     """Import and initialise ``tlsgate.tls._relayc``; returns "" or why it is not used."""
-    global _tg_decrypt, _tg_encrypt, _tg_decrypt_send, _tg_encrypt_send, _RES, _C_NULL, SENT
+    global _tg_decrypt_send, _tg_encrypt_send, _RES, SENT
     if os.environ.get("TLSGATE_PURE_PYTHON_RELAY"):
         return "TLSGATE_PURE_PYTHON_RELAY is set"
     try:
@@ -496,24 +477,17 @@ def _load_accel() -> str:
     except (AttributeError, TypeError, _ffi.error) as exc:
         return f"cannot take OpenSSL function addresses from the cffi bindings: {exc}"
     mod.lib.tg_init(*fns, _WANT_READ, _ZERO_RETURN)
-    _tg_decrypt, _tg_encrypt = mod.lib.tg_decrypt, mod.lib.tg_encrypt
     _tg_decrypt_send, _tg_encrypt_send = mod.lib.tg_decrypt_send, mod.lib.tg_encrypt_send
     _RES = SENT = mod.ffi.new("int[3]")
-    _C_NULL = mod.ffi.NULL
     return ""
 
 
 def use_accel(on: bool) -> bool:
-    """Switch the relay loops between C (if available) and Python; returns whether C is on.
-    Every session created afterwards uses the choice (tests run both)."""
+    """Whether relays created from now on use the C accelerator (if it is available); returns
+    whether they do (tests run both)."""
     global ACCEL
-    c = on and _tg_decrypt is not None
-    chosen = ((ServerSession._decrypt_out_c, ServerSession._encrypt_out_c) if c
-              else (_PY_DECRYPT_OUT, _PY_ENCRYPT_OUT))
-    for name, fn in zip(("decrypt_out", "encrypt_out"), chosen, strict=True):
-        setattr(ServerSession, name, fn)
-    ACCEL = "c" if c else "python"
-    return c
+    ACCEL = "c" if on and _tg_decrypt_send is not None else "python"
+    return ACCEL == "c"
 
 
 ACCEL_MISSING = _load_accel()

@@ -3,17 +3,15 @@
  *
  * Why: one socket read often completes several TLS records, and every record costs one
  * SSL_read. Called from Python through cffi, each call (plus the loop around it) costs about
- * 0.5 us -- as much as decrypting a small record. These functions run the same sequence of
- * OpenSSL calls as the pure-Python methods in engine.py (ServerSession.decrypt_out and
- * encrypt_out), but as one call from Python per socket read.
+ * 0.5 us -- as much as decrypting a small record. tg_decrypt_send / tg_encrypt_send run the same
+ * sequence of OpenSSL calls as the pure-Python ServerSession.decrypt_out / encrypt_out in
+ * engine.py, plus the write(2) to the other socket the relay does with os.write, as one call
+ * from Python per socket read.
  *
  * They call the OpenSSL that pyOpenSSL/cryptography bundle (statically linked, its symbols
  * not exported), so they do not link against any libssl: engine.py hands over the function
  * addresses from the cffi bindings once, at import (tg_init). Nothing here allocates, keeps
  * state per connection or touches the error queue: error handling stays in Python.
- *
- * tg_decrypt_send / tg_encrypt_send also write the result to the other socket, as the relay
- * does in Python (os.write straight from the output buffer): one call per socket read in all.
  */
 
 #include <errno.h>
@@ -41,8 +39,8 @@ static int tg_init(void *bio_write, void *bio_read, void *ssl_read, void *ssl_wr
 
 /* Feed in[0:n] to the read BIO, decrypt every complete record into out (at most cap bytes)
  * and return the plaintext length. res[0] = SSL_get_error() of the read that ended the loop.
- * If aux is not NULL and that is not a fatal error, res[1] = what the record layer queued
- * for the peer meanwhile (a KeyUpdate answer), moved into aux (<= 0: nothing). */
+ * If that is not a fatal error, res[1] = what the record layer queued for the peer meanwhile
+ * (a KeyUpdate answer), moved into aux (<= 0: nothing). */
 static int tg_decrypt(void *ssl, void *rbio, void *wbio, char *in, int n, char *out, int cap,
                       char *aux, int auxcap, int *res)
 {
@@ -53,7 +51,7 @@ static int tg_decrypt(void *ssl, void *rbio, void *wbio, char *in, int n, char *
         total += r;
     res[0] = tg_SSL_get_error(ssl, r);
     res[1] = 0;
-    if (aux != 0 && (res[0] == tg_want_read || res[0] == tg_zero_return))
+    if (res[0] == tg_want_read || res[0] == tg_zero_return)
         res[1] = tg_BIO_read(wbio, aux, auxcap);
     return total;
 }

@@ -15,9 +15,6 @@ ffibuilder = FFI()
 ffibuilder.cdef("""
 int tg_init(void *bio_write, void *bio_read, void *ssl_read, void *ssl_write,
             void *ssl_get_error, int want_read, int zero_return);
-int tg_decrypt(void *ssl, void *rbio, void *wbio, char *in, int n, char *out, int cap,
-               char *aux, int auxcap, int *res);
-int tg_encrypt(void *ssl, void *wbio, char *in, int n, char *out, int cap);
 int tg_decrypt_send(void *ssl, void *rbio, void *wbio, char *in, int n, char *out, int cap,
                     char *aux, int auxcap, int fd, int *res);
 int tg_encrypt_send(void *ssl, void *wbio, char *in, int n, char *out, int cap, int fd,
