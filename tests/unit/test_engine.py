@@ -326,3 +326,41 @@ def test_encrypt_send_writes_records_the_client_can_read(peer: Peer) -> None:
         assert engine.SENT[2] == 0
         peer.sent.append(bytes(OUT_VIEW[:o]))
         assert peer.client_read() == b"pong"
+
+
+@needs_c
+def test_decrypt_send_reads_large_chunks_in_place_across_record_boundaries(peer: Peer) -> None:
+    """Reads above the recycle threshold are handed to OpenSSL in place (a read-only BIO over
+    INBUF, then a fresh read BIO): records split across such reads, mixed with small reads,
+    still come out whole and in order, and nothing is left pointing into INBUF."""
+    big = os.urandom(300_000)
+    wire = peer.client_records(big)
+    got = b""
+    sizes = [70_001, 50, 20_000, 3, 65_536 + 17]  # odd splits: records straddle every read
+    i = k = 0
+    while i < len(wire):
+        part = wire[i:i + sizes[k % len(sizes)]]
+        i += len(part)
+        k += 1
+        INBUF[:len(part)] = part
+        total = peer.sess.decrypt_send(len(part), -1)
+        got += bytes(OUT_VIEW[:total])
+        INBUF[:len(part)] = b"\0" * len(part)  # INBUF is reused: the session must not care
+        if len(part) > engine._RECYCLE_AT:
+            # read in place: no BIO grew, so none is due for a swap (a copy would have been)
+            assert peer.sess not in engine._BIG
+    assert got == big
+    assert peer.to_server(peer.client_records(b"after")) == b"after"
+
+
+@needs_c
+def test_decrypt_send_large_chunk_behind_buffered_bytes_is_copied(peer: Peer) -> None:
+    """Bytes already waiting in the read BIO (fed before the relay) come first: a large read
+    behind them goes through the BIO, not in place."""
+    head = peer.client_records(b"connect-phase leftovers")
+    peer.sess.feed(head)
+    data = os.urandom(40_000)
+    wire = peer.client_records(data)
+    INBUF[:len(wire)] = wire
+    total = peer.sess.decrypt_send(len(wire), -1)
+    assert bytes(OUT_VIEW[:total]) == b"connect-phase leftovers" + data

@@ -291,10 +291,22 @@ class ServerSession:
         result]``, is the caller's to queue)."""
         res = _RES
         total: int = _tg_decrypt_send(self._ssl, self._rbio, self._wbio, _IN, n, _OUT, _OUTCAP,
-                                      _AUX, _AUXCAP, fd, res)
+                                      _AUX, _AUXCAP, fd, res, _NEWRBIO)
         if res[0] != _WANT_READ or res[1] > 0 or n > _RECYCLE_AT:
+            if res[3]:  # the C code read it in place and gave the SSL a new read BIO
+                self._new_rbio()
+                n = 0  # nothing grew: no BIO swap due
             self._after_read(res[0], res[1], n)
         return total
+
+    def _new_rbio(self) -> None:
+        rbio = _NEWRBIO[0]
+        if not rbio:
+            raise TlsError("out of memory (new read BIO)")
+        self._rbio = rbio = _ffi.cast("BIO *", rbio)
+        conn = self.conn
+        if conn is not None:
+            conn._into_ssl = rbio
 
     def encrypt_send(self, n: int, fd: int) -> int:
         """:meth:`encrypt_out`, then the records are written to socket ``fd`` (accelerator
@@ -451,7 +463,8 @@ def sweep_bios() -> int:
 _tg_decrypt_send: Any = None
 _tg_encrypt_send: Any = None
 _RES: Any = None
-#: The accelerator's result slots (``int[3]``; ``SENT[2]``: bytes the last ``*_send`` call
+_NEWRBIO: Any = None  # void *[1]: the read BIO after an in-place read (relay_accel.c)
+#: The accelerator's result slots (``int[4]``; ``SENT[2]``: bytes the last ``*_send`` call
 #: wrote to its socket), None without the accelerator.
 SENT: Any = None
 #: "c" when the relay uses :meth:`ServerSession.decrypt_send` / :meth:`~ServerSession.encrypt_send`
@@ -463,7 +476,7 @@ ACCEL_MISSING = ""
 
 def _load_accel() -> str:
     """Import and initialise ``tlsgate.tls._relayc``; returns "" or why it is not used."""
-    global _tg_decrypt_send, _tg_encrypt_send, _RES, SENT
+    global _tg_decrypt_send, _tg_encrypt_send, _RES, SENT, _NEWRBIO
     if os.environ.get("TLSGATE_PURE_PYTHON_RELAY"):
         return "TLSGATE_PURE_PYTHON_RELAY is set"
     try:
@@ -477,8 +490,17 @@ def _load_accel() -> str:
     except (AttributeError, TypeError, _ffi.error) as exc:
         return f"cannot take OpenSSL function addresses from the cffi bindings: {exc}"
     mod.lib.tg_init(*fns, _WANT_READ, _ZERO_RETURN)
+    try:
+        direct = [_ffi.addressof(raw, name) for name in (
+            "BIO_new_mem_buf", "BIO_set_mem_eof_return", "SSL_set_bio", "BIO_new",
+            "BIO_get_mem_data")]
+    except (AttributeError, TypeError, _ffi.error) as exc:
+        return f"cannot take OpenSSL function addresses from the cffi bindings: {exc}"
+    # chunks above _RECYCLE_AT are read in place (see tg_decrypt in relay_accel.c)
+    mod.lib.tg_init_direct(*direct, _BIO_s_mem, _RECYCLE_AT + 1)
     _tg_decrypt_send, _tg_encrypt_send = mod.lib.tg_decrypt_send, mod.lib.tg_encrypt_send
-    _RES = SENT = mod.ffi.new("int[3]")
+    _RES = SENT = mod.ffi.new("int[4]")
+    _NEWRBIO = mod.ffi.new("void *[1]")
     return ""
 
 

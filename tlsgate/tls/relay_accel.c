@@ -24,6 +24,15 @@ static tg_io_fn tg_BIO_write, tg_BIO_read, tg_SSL_read, tg_SSL_write;
 static tg_err_fn tg_SSL_get_error;
 static int tg_want_read = -1, tg_zero_return = -1;
 
+/* For large reads (tg_init_direct): a read-only memory BIO over the caller's buffer */
+static void *(*tg_BIO_new_mem_buf)(void *, int);
+static long (*tg_BIO_set_mem_eof_return)(void *, int);
+static void (*tg_SSL_set_bio)(void *, void *, void *);
+static void *(*tg_BIO_new)(void *);
+static long (*tg_BIO_get_mem_data)(void *, char **);
+static void *tg_mem_method;
+static int tg_direct_min = 0x7fffffff;
+
 static int tg_init(void *bio_write, void *bio_read, void *ssl_read, void *ssl_write,
                    void *ssl_get_error, int want_read, int zero_return)
 {
@@ -37,15 +46,47 @@ static int tg_init(void *bio_write, void *bio_read, void *ssl_read, void *ssl_wr
     return 1;
 }
 
+static int tg_init_direct(void *bio_new_mem_buf, void *bio_set_mem_eof_return, void *ssl_set_bio,
+                          void *bio_new, void *bio_get_mem_data, void *mem_method, int direct_min)
+{
+    tg_BIO_get_mem_data = (long (*)(void *, char **))bio_get_mem_data;
+    tg_BIO_new_mem_buf = (void *(*)(void *, int))bio_new_mem_buf;
+    tg_BIO_set_mem_eof_return = (long (*)(void *, int))bio_set_mem_eof_return;
+    tg_SSL_set_bio = (void (*)(void *, void *, void *))ssl_set_bio;
+    tg_BIO_new = (void *(*)(void *))bio_new;
+    tg_mem_method = mem_method;
+    tg_direct_min = direct_min;
+    return 1;
+}
+
 /* Feed in[0:n] to the read BIO, decrypt every complete record into out (at most cap bytes)
  * and return the plaintext length. res[0] = SSL_get_error() of the read that ended the loop.
  * If that is not a fatal error, res[1] = what the record layer queued for the peer meanwhile
- * (a KeyUpdate answer), moved into aux (<= 0: nothing). */
+ * (a KeyUpdate answer), moved into aux (<= 0: nothing). res[3] = 1 if the read BIO was
+ * replaced (a large read taken in place; *newrbio is the new one). */
 static int tg_decrypt(void *ssl, void *rbio, void *wbio, char *in, int n, char *out, int cap,
-                      char *aux, int auxcap, int *res)
+                      char *aux, int auxcap, int *res, void **newrbio)
 {
     int total = 0, r;
-    if (n > 0)
+    void *direct = 0;
+    char *pending;
+    if (n >= tg_direct_min && tg_BIO_get_mem_data(rbio, &pending) <= 0) {
+        /* A large read: let the record layer read the ciphertext straight from `in` instead of
+         * copying it into the connection's BIO first (one memcpy of every byte less, and the
+         * BIO never grows). The record layer copies what it takes into its own buffer, and
+         * reading until WANT_READ drains this BIO completely, so `in` is not referred to once
+         * this returns: the BIO is replaced by a new, empty memory BIO before that. Only when
+         * the connection's read BIO is empty (it is after any earlier read that ended in
+         * WANT_READ); SSL_set_bio frees it, and *newrbio tells the caller which BIO is the
+         * read BIO now (NULL: out of memory). If the read-only BIO cannot be made, the bytes
+         * are copied as usual. */
+        direct = tg_BIO_new_mem_buf(in, n);
+        if (direct) {
+            tg_BIO_set_mem_eof_return(direct, -1); /* empty means "retry", not EOF */
+            tg_SSL_set_bio(ssl, direct, wbio);
+        }
+    }
+    if (n > 0 && !direct)
         tg_BIO_write(rbio, in, n);
     while ((r = tg_SSL_read(ssl, out + total, cap - total)) > 0)
         total += r;
@@ -53,6 +94,14 @@ static int tg_decrypt(void *ssl, void *rbio, void *wbio, char *in, int n, char *
     res[1] = 0;
     if (res[0] == tg_want_read || res[0] == tg_zero_return)
         res[1] = tg_BIO_read(wbio, aux, auxcap);
+    res[3] = 0;
+    if (direct) {
+        void *fresh = tg_BIO_new(tg_mem_method);
+        if (fresh)
+            tg_SSL_set_bio(ssl, fresh, wbio); /* frees `direct` */
+        *newrbio = fresh;
+        res[3] = 1;
+    }
     return total;
 }
 
@@ -80,9 +129,9 @@ static int tg_write_fd(int fd, const char *buf, int n)
 
 /* tg_decrypt, then (fd >= 0, no fatal error) write the plaintext to fd: res[2] = bytes written. */
 static int tg_decrypt_send(void *ssl, void *rbio, void *wbio, char *in, int n, char *out,
-                           int cap, char *aux, int auxcap, int fd, int *res)
+                           int cap, char *aux, int auxcap, int fd, int *res, void **newrbio)
 {
-    int total = tg_decrypt(ssl, rbio, wbio, in, n, out, cap, aux, auxcap, res);
+    int total = tg_decrypt(ssl, rbio, wbio, in, n, out, cap, aux, auxcap, res, newrbio);
     res[2] = 0;
     if (fd >= 0 && total > 0 && (res[0] == tg_want_read || res[0] == tg_zero_return))
         res[2] = tg_write_fd(fd, out, total);

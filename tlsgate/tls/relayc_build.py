@@ -15,8 +15,10 @@ ffibuilder = FFI()
 ffibuilder.cdef("""
 int tg_init(void *bio_write, void *bio_read, void *ssl_read, void *ssl_write,
             void *ssl_get_error, int want_read, int zero_return);
+int tg_init_direct(void *bio_new_mem_buf, void *bio_set_mem_eof_return, void *ssl_set_bio,
+                   void *bio_new, void *bio_get_mem_data, void *mem_method, int direct_min);
 int tg_decrypt_send(void *ssl, void *rbio, void *wbio, char *in, int n, char *out, int cap,
-                    char *aux, int auxcap, int fd, int *res);
+                    char *aux, int auxcap, int fd, int *res, void **newrbio);
 int tg_encrypt_send(void *ssl, void *wbio, char *in, int n, char *out, int cap, int fd,
                     int *res);
 """)
