@@ -198,6 +198,14 @@ ZH: dict[str, tuple[str, str]] = {
         "TLS 1.3（`TLS_AES_128_GCM_SHA256`）"
         "可混写；为空 = 安全默认值（Mozilla intermediate）。"),
     f"{_SSL}.honor_cipher_order": ("Server's cipher order wins.", "以服务端的密码套件顺序为准。"),
+    f"{_SSL}.groups": (
+        "Key exchange groups, most preferred first (OpenSSL names: `X25519MLKEM768`, `X25519`, "
+        "`P-256`, ...); empty = OpenSSL's default, which prefers the post-quantum hybrid "
+        "X25519MLKEM768. A hybrid handshake costs more CPU and memory per connection (see the "
+        "deployment guide's sizing notes).",
+        "密钥交换组，按优先顺序排列（OpenSSL 名称：`X25519MLKEM768`、`X25519`、`P-256` 等）；"
+        "为空 = OpenSSL 的默认列表，优先使用后量子混合组 X25519MLKEM768。混合组握手每个连接"
+        "消耗更多 CPU 和内存（见部署指南中的容量估算）。"),
     f"{_SSL}.handshake_timeout": (
         "Time from TCP accept to a finished TLS handshake.",
         "从接受 TCP 连接到完成 TLS 握手的时限。"),

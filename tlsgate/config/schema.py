@@ -163,6 +163,13 @@ class ServerSslOptions(Section):
                                          "and TLS 1.3 (`TLS_AES_128_GCM_SHA256`) mixed; empty = "
                                          "safe defaults (Mozilla intermediate).")
     honor_cipher_order: bool = Field(True, description="Server's cipher order wins.")
+    groups: StrList = Field(default_factory=list,
+                            description="Key exchange groups, most preferred first (OpenSSL "
+                                        "names: `X25519MLKEM768`, `X25519`, `P-256`, ...); "
+                                        "empty = OpenSSL's default, which prefers the "
+                                        "post-quantum hybrid X25519MLKEM768. A hybrid "
+                                        "handshake costs more CPU and memory per connection "
+                                        "(see the deployment guide's sizing notes).")
     handshake_timeout: Duration = Field(15.0, description="Time from TCP accept to a finished "
                                                           "TLS handshake.")
     partial_chain: bool = Field(False, description="Accept a chain that ends at an intermediate "
