@@ -3,15 +3,17 @@ tlsgate's idle-memory and handshake numbers (issue 12's notes quote this).
 
 tlsgate's TLS engine runs on the OpenSSL that `cryptography` bundles (pyOpenSSL); HAProxy, nginx
 and stunnel on this machine link the system libssl (Debian 12: OpenSSL 3.0). This prints, for
-both libraries, the heap one SSL object takes (glibc mallinfo2 before/after 2000 SSL_new) and
-the server's CPU for one full TLS 1.3 handshake over memory BIOs (ECDSA P-256 + X25519, the
-client's work excluded). Usage: .venv/bin/python benchmarks/openssl_floor.py [N]
+both libraries, the heap one SSL object takes (glibc mallinfo2 before/after 2000 SSL_new), the
+server's CPU for one full TLS 1.3 handshake over memory BIOs (ECDSA P-256 + X25519, the
+client's work excluded) and the heap each server connection still holds after its handshake.
+Usage: .venv/bin/python benchmarks/openssl_floor.py [N]
 """
 
 from __future__ import annotations
 
 import ctypes
 import datetime
+import gc
 import ssl
 import sys
 import tempfile
@@ -104,11 +106,16 @@ def _client() -> ssl.SSLContext:
 
 
 def _server_cpu(new_server: Callable[[], Any], feed: Callable[[Any, bytes], None],
-                step: Callable[[Any], bool], drain: Callable[[Any], bytes]) -> float:
+                step: Callable[[Any], bool], drain: Callable[[Any], bytes]) -> tuple[float, float]:
     """µs of CPU the server side spends per full handshake (the stdlib client's work is not
-    timed): ``new_server`` makes one, ``feed`` gives it client bytes, ``step`` advances it
-    (True when done), ``drain`` returns what it wants to send."""
+    timed) and KiB of heap each finished server connection holds (all N are kept until the
+    end; this includes the Python wrapper objects, well under 1 KiB): ``new_server`` makes one,
+    ``feed`` gives it client bytes, ``step`` advances it (True when done), ``drain`` returns
+    what it wants to send."""
     cctx, spent = _client(), 0.0
+    keep = []
+    gc.collect()
+    h0 = heap()
     for _ in range(N):
         cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
         cli = cctx.wrap_bio(cin, cout)
@@ -133,10 +140,13 @@ def _server_cpu(new_server: Callable[[], Any], feed: Callable[[Any, bytes], None
             spent += time.process_time() - t
             if out:
                 cin.write(out)
-    return spent / N * 1e6
+        keep.append(srv)
+    gc.collect()
+    held = (heap() - h0) / N / 1024
+    return spent / N * 1e6, held
 
 
-def hs_bundled(ctx: SSL.Context) -> float:
+def hs_bundled(ctx: SSL.Context) -> tuple[float, float]:
     def new() -> SSL.Connection:
         c = SSL.Connection(ctx, None)
         c.set_accept_state()
@@ -158,7 +168,7 @@ def hs_bundled(ctx: SSL.Context) -> float:
     return _server_cpu(new, lambda c, d: c.bio_write(d), step, drain)
 
 
-def hs_system(cert: str, key: str) -> float:
+def hs_system(cert: str, key: str) -> tuple[float, float]:
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     sctx.load_cert_chain(cert, key)
     Srv = tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]
@@ -184,11 +194,14 @@ def main() -> None:
         cert, key = make_cert(Path(tmp))
         ctx = bundled_ctx(cert, key)
         bundled = backend.openssl_version_text()
-        print(f"{'library':34} {'SSL_new heap':>14} {'server handshake CPU':>22}")
+        print(f"{'library':34} {'SSL_new heap':>14} {'server handshake CPU':>22} "
+              f"{'heap held after it':>20}")
+        us, held = hs_bundled(ctx)
         print(f"{bundled + ' (tlsgate)':34} {ssl_new_bundled(ctx):11.2f} KiB "
-              f"{hs_bundled(ctx):18.0f} µs")
+              f"{us:18.0f} µs {held:16.2f} KiB")
+        us, held = hs_system(cert, key)
         print(f"{ssl.OPENSSL_VERSION + ' (system)':34} {ssl_new_system():11.2f} KiB "
-              f"{hs_system(cert, key):18.0f} µs")
+              f"{us:18.0f} µs {held:16.2f} KiB")
 
 
 if __name__ == "__main__":
