@@ -364,3 +364,95 @@ def test_decrypt_send_large_chunk_behind_buffered_bytes_is_copied(peer: Peer) ->
     INBUF[:len(wire)] = wire
     total = peer.sess.decrypt_send(len(wire), -1)
     assert bytes(OUT_VIEW[:total]) == b"connect-phase leftovers" + data
+
+
+class _SysClient:
+    """A TLS 1.3 client on the system libssl through ctypes, over memory BIOs: CPython's ssl
+    module cannot send a KeyUpdate, OpenSSL's SSL_key_update can."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("ssl") or "libssl.so.3"
+        so = ctypes.CDLL(name)
+        vp, ci = ctypes.c_void_p, ctypes.c_int
+        for fn, res, args in (
+                ("TLS_client_method", vp, []), ("SSL_CTX_new", vp, [vp]), ("SSL_new", vp, [vp]),
+                ("BIO_s_mem", vp, []), ("BIO_new", vp, [vp]), ("SSL_set_bio", None, [vp, vp, vp]),
+                ("SSL_set_connect_state", None, [vp]), ("SSL_do_handshake", ci, [vp]),
+                ("SSL_write", ci, [vp, ctypes.c_char_p, ci]), ("SSL_read", ci, [vp, vp, ci]),
+                ("SSL_key_update", ci, [vp, ci]), ("BIO_write", ci, [vp, ctypes.c_char_p, ci]),
+                ("BIO_read", ci, [vp, vp, ci]),
+                ("SSL_CTX_ctrl", ctypes.c_long, [vp, ci, ctypes.c_long, vp])):
+            f = getattr(so, fn)
+            f.restype, f.argtypes = res, args
+        self.so, self.ct = so, ctypes
+        ctx = so.SSL_CTX_new(so.TLS_client_method())
+        so.SSL_CTX_ctrl(ctx, 124, 0x0304, None)  # SSL_CTRL_SET_MIN_PROTO_VERSION: TLS 1.3
+        self.ssl = so.SSL_new(ctx)
+        self.rbio, self.wbio = so.BIO_new(so.BIO_s_mem()), so.BIO_new(so.BIO_s_mem())
+        so.SSL_set_bio(self.ssl, self.rbio, self.wbio)
+        so.SSL_set_connect_state(self.ssl)
+        self.buf = ctypes.create_string_buffer(1 << 20)
+
+    def out(self) -> bytes:
+        data = b""
+        while (n := self.so.BIO_read(self.wbio, self.buf, len(self.buf))) > 0:
+            data += self.buf.raw[:n]
+        return data
+
+    def into(self, data: bytes) -> None:
+        if data:
+            self.so.BIO_write(self.rbio, data, len(data))
+
+    def read(self) -> bytes:
+        data = b""
+        while (n := self.so.SSL_read(self.ssl, self.buf, len(self.buf))) > 0:
+            data += self.buf.raw[:n]
+        return data
+
+
+@needs_c
+def test_key_update_inside_a_large_in_place_read(pki: Pki) -> None:
+    """A client KeyUpdate (update_requested) between records of one large read: everything is
+    decrypted under the right keys, our KeyUpdate answer goes out at once, and the client reads
+    what we send afterwards under our new keys."""
+    try:
+        cli = _SysClient()
+    except (OSError, AttributeError) as exc:
+        pytest.skip(f"no system libssl with SSL_key_update: {exc}")
+    from tlsgate.config.schema import ServerSslOptions
+
+    opts = ServerSslOptions(certfile=str(pki.server.cert), keyfile=str(pki.server.key))
+    sent: list[bytes] = []
+    sess = ServerSession(build_server_context(opts, "listeners.ssl.t").ctx, sent.append)
+    so = cli.so
+    done = False
+    for _ in range(10):
+        cdone = so.SSL_do_handshake(cli.ssl) == 1
+        data = cli.out()
+        if data:
+            sess.feed(data)
+            done = sess.handshake()
+        for b in sent:
+            cli.into(b)
+        sent.clear()
+        if cdone and done:
+            break
+    assert done
+    one, two = os.urandom(30_000), os.urandom(30_000)
+    assert so.SSL_write(cli.ssl, one, len(one)) == len(one)
+    assert so.SSL_key_update(cli.ssl, 1) == 1  # SSL_KEY_UPDATE_REQUESTED
+    assert so.SSL_write(cli.ssl, two, len(two)) == len(two)
+    wire = cli.out()
+    assert len(wire) > engine._RECYCLE_AT
+    INBUF[:len(wire)] = wire
+    total = sess.decrypt_send(len(wire), -1)
+    assert bytes(OUT_VIEW[:total]) == one + two
+    assert sess not in engine._BIG  # it was read in place
+    assert sent, "our KeyUpdate answer was not sent"
+    INBUF[:5] = b"after"
+    o = sess.encrypt_send(5, -1)
+    cli.into(b"".join(sent) + bytes(OUT_VIEW[:o]))
+    assert cli.read() == b"after"
