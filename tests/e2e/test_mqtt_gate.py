@@ -393,3 +393,24 @@ def test_far_over_max_connections_sockets_are_closed_before_tls(
         for s in flood:
             s.close()
     wait_for(lambda: _pub311_code(port, pki) == 0, 15, "served again after the flood")
+
+
+def test_access_log_names_the_key_exchange_group(pki: Pki, broker: Mosquitto,
+                                                 make_gate: GateFactory) -> None:
+    """ssl_options.groups limits the key exchange; the access line says which group each
+    client's handshake used (mosquitto_pub on the system OpenSSL 3.0 offers X25519 first;
+    s_client forced to P-256 gets secp256r1)."""
+    port = free_port()
+    cfg = base_toml(broker.port) + listener_toml(
+        "kx", port, pki, extra_ssl="groups = [\"P-256\", \"X25519\"]\n")
+    g = make_gate(cfg, [port])
+    r = mosquitto_pub(port, "t/kx", "x", "-i", "kx-x25519", *tls_args(pki.ca_pem))
+    assert r.returncode == 0, r.stderr
+    g.wait_log(r"connection closed .*clientid=kx-x25519 ")
+    assert g.count_log(r"group=x25519 resumed=\S+ .*clientid=kx-x25519") == 1
+    out = s_client(port, "-groups", "P-256", "-CAfile", str(pki.ca_pem), hold=0.5)
+    assert b"BEGIN CERTIFICATE" in out.stdout or b"Verification: OK" in out.stdout, out.stdout
+    g.wait_log(r"connection closed .*group=secp256r1 ")
+    # a client that offers only groups outside the list is refused in the handshake
+    bad = s_client(port, "-groups", "P-384", "-CAfile", str(pki.ca_pem), hold=0.5)
+    assert b"handshake failure" in bad.stdout or b"alert" in bad.stdout, bad.stdout

@@ -546,6 +546,8 @@ async def test_metrics_parse_and_carry_the_counters(env: Env) -> None:
     st.handshakes["failed", "-"] = 1
     st.handshake_failures["unknown_ca"] = 1
     st.ciphers["TLS_AES_128_GCM_SHA256"] = 3
+    st.groups["X25519MLKEM768"] = 2
+    st.groups["x25519"] = 1
     st.refusals["banned"] = 2
     for s in (0.0004, 0.003, 0.2):
         st.observe_handshake(s)
@@ -567,6 +569,8 @@ async def test_metrics_parse_and_carry_the_counters(env: Env) -> None:
                  listener="ssl:default") == 5
     assert value("tlsgate_handshakes", result="failed") == 1
     assert value("tlsgate_handshake_failures", reason="unknown_ca") == 1
+    assert value("tlsgate_handshake_groups", group="X25519MLKEM768") == 2
+    assert value("tlsgate_handshake_groups", group="x25519") == 1
     assert value("tlsgate_refusals", reason="banned") == 2
     assert value("tlsgate_connections", listener="ssl:default") == 1
     assert value("tlsgate_bytes", direction="client_to_broker") == 100

@@ -68,6 +68,7 @@ class _Sum:
         self.admitted: Counter[str] = Counter()
         self.handshakes: Counter[tuple[str, str, str]] = Counter()
         self.ciphers: Counter[tuple[str, str]] = Counter()
+        self.groups: Counter[tuple[str, str]] = Counter()
         self.failures: Counter[tuple[str, str]] = Counter()
         self.refusals: Counter[tuple[str, str]] = Counter()
         self.bytes: Counter[tuple[str, str]] = Counter()
@@ -85,6 +86,8 @@ class _Sum:
                 self.handshakes[label, result, version] += n
             for cipher, n in s["ciphers"].items():
                 self.ciphers[label, cipher] += n
+            for group, n in (s.get("groups") or {}).items():
+                self.groups[label, group] += n
             for reason, n in s["handshake_failures"].items():
                 self.failures[label, reason] += n
             for reason, n in s["refusals"].items():
@@ -120,6 +123,7 @@ def sum_listener_stats(stats: Iterable[dict[str, Any]]) -> dict[str, dict[str, A
             "tls_versions": {v: n for (lb, r, v), n in s.handshakes.items()
                              if lb == label and r == "ok"},
             "ciphers": {c: n for (lb, c), n in s.ciphers.items() if lb == label},
+            "groups": {g: n for (lb, g), n in s.groups.items() if lb == label},
             "handshake_failures": {r: n for (lb, r), n in s.failures.items() if lb == label},
             "refusals": {r: n for (lb, r), n in s.refusals.items() if lb == label},
             "bytes_in": s.bytes[label, "client_to_broker"],
@@ -191,6 +195,13 @@ class GatewayCollector(Collector):
         for (label, cipher), n in sorted(s.ciphers.items()):
             ci.add_metric([label, cipher], n)
         yield ci
+        gr = CounterMetricFamily("tlsgate_handshake_groups",
+                                 "Successful TLS handshakes by key exchange group "
+                                 "(X25519MLKEM768 = post-quantum hybrid).",
+                                 labels=["listener", "group"])
+        for (label, group), n in sorted(s.groups.items()):
+            gr.add_metric([label, group], n)
+        yield gr
         hf = CounterMetricFamily("tlsgate_handshake_failures",
                                  "Failed TLS handshakes by kind of failure.",
                                  labels=["listener", "reason"])

@@ -272,6 +272,7 @@ class ClientGate(asyncio.BufferedProtocol):
         rec.handshake_ms = round(elapsed * 1000, 3)
         rec.tls_version = sess.version
         rec.cipher = sess.cipher
+        rec.group = sess.group
         rec.server_name = sess.server_name
         if lst.alpn:  # only asked when ALPN is configured (a pyOpenSSL call per connection)
             alpn = sess.alpn
@@ -329,6 +330,8 @@ class ClientGate(asyncio.BufferedProtocol):
         st.handshakes["ok", rec.tls_version or "-"] += 1
         if rec.cipher:
             st.ciphers[rec.cipher] += 1
+        if rec.group:
+            st.groups[rec.group] += 1
         st.observe_handshake(elapsed)
         if self.ctx.opts.verify == "verify_peer":
             cert = sess.peer_certificate()

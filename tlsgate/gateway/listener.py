@@ -34,6 +34,7 @@ class ListenerStats:
     connections_total: int = 0     # admitted to the relay
     handshakes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (result, version)
     ciphers: Counter[str] = field(default_factory=Counter)
+    groups: Counter[str] = field(default_factory=Counter)                   # key exchange
     handshake_failures: Counter[str] = field(default_factory=Counter)       # reason class
     refusals: Counter[str] = field(default_factory=Counter)                 # reason
     bytes_in: int = 0

@@ -21,7 +21,8 @@ class Closable(Protocol):
 class ConnRecord:
     __slots__ = (
         "alpn", "bytes_in", "bytes_out", "cert_cn", "cert_subject", "cipher", "client_id",
-        "close_reason", "closed_at", "conn", "handshake_ms", "id", "listener", "mqtt_version",
+        "close_reason", "closed_at", "conn", "group", "handshake_ms", "id", "listener",
+        "mqtt_version",
         "peer", "psk_identity", "refusal", "relay", "server_name", "session_reused",
         "started", "tls_version", "username",
     )
@@ -35,6 +36,7 @@ class ConnRecord:
         self.server_name: str | None = None
         self.tls_version: str | None = None
         self.cipher: str | None = None
+        self.group: str | None = None  # key exchange group
         self.alpn: str | None = None
         self.session_reused = False
         self.handshake_ms: float | None = None
@@ -68,7 +70,7 @@ class ConnRecord:
         return {
             "id": self.id, "listener": self.listener, "peer": self.peer_str,
             "sni": self.server_name, "tls_version": self.tls_version, "cipher": self.cipher,
-            "alpn": self.alpn, "session_reused": self.session_reused,
+            "group": self.group, "alpn": self.alpn, "session_reused": self.session_reused,
             "handshake_ms": self.handshake_ms, "cert_subject": self.cert_subject,
             "cert_cn": self.cert_cn, "psk_identity": self.psk_identity,
             "clientid": self.client_id, "username": self.username,
@@ -83,7 +85,7 @@ class ConnRecord:
         return {
             "conn": self.id, "listener": self.listener, "peer": self.peer_str,
             "sni": self.server_name, "tls": self.tls_version, "cipher": self.cipher,
-            "resumed": self.session_reused if self.tls_version else None,
+            "group": self.group, "resumed": self.session_reused if self.tls_version else None,
             "cert": self.cert_subject, "psk": self.psk_identity, "clientid": self.client_id,
             "user": self.username, "in": bin_, "out": bout,
             "dur": f"{end - self.started:.3f}", "reason": self.close_reason,

@@ -406,6 +406,13 @@ class ServerSession:
         return name
 
     @property
+    def group(self) -> str | None:
+        """The key exchange group the handshake used (``X25519MLKEM768``, ``x25519``,
+        ``secp256r1``...), None without one (plain PSK)."""
+        g = _lib.SSL_get0_group_name(self._ssl)
+        return _ffi.string(g).decode("ascii", "replace") if g != _ffi.NULL else None
+
+    @property
     def server_name(self) -> str | None:
         n = _lib.SSL_get_servername(self._ssl, _TLSEXT_NAMETYPE_host_name)
         return _ffi.string(n).decode("ascii", "replace") if n != _ffi.NULL else None

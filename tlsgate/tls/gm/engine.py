@@ -680,6 +680,12 @@ class GmSession:
         return VERSION_NAMES.get(v, v)
 
     @property
+    def group(self) -> str | None:
+        """Not reported for GM sessions: Tongsuo (OpenSSL 3.0 based) has no
+        SSL_get0_group_name; the suite already says SM2 key exchange."""
+        return None
+
+    @property
     def cipher(self) -> str | None:
         if not self._ssl:
             return None
