@@ -20,19 +20,10 @@ from pathlib import Path
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 
-from benchmarks.openssl_floor import heap, make_cert
+from benchmarks.openssl_floor import bundled_ctx, heap, make_cert
 from tlsgate.tls.engine import ServerSession
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
-
-
-def server_ctx(cert: str, key: str) -> SSL.Context:
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate_chain_file(cert)
-    ctx.use_privatekey_file(key)
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    return ctx
 
 
 def measure(sctx: SSL.Context, client_groups: str) -> tuple[float, float, str]:
@@ -80,7 +71,7 @@ def measure(sctx: SSL.Context, client_groups: str) -> tuple[float, float, str]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = make_cert(Path(tmp))
-        sctx = server_ctx(cert, key)
+        sctx = bundled_ctx(cert, key)
         print(f"{'client offers':28} {'negotiated':16} {'server CPU':>12} {'heap held':>12}")
         for offer in ("X25519", "X25519MLKEM768:X25519"):
             us, kib, group = measure(sctx, offer)

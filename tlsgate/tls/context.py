@@ -158,7 +158,7 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
         c.add("ciphers", "TLS 1.3 suites are listed but tlsv1.3 is not in versions")
 
     # Key shares: OpenSSL 4's default prefers the ML-KEM hybrid; measured on the server side
-    # (benchmarks/key_exchange_cost.py), a client that uses it costs ~45 µs more CPU per
+    # (benchmarks/key_exchange_cost.py), a client that uses it costs ~25 % more CPU per
     # handshake and 6.4 KiB more per connection for its lifetime (OpenSSL keeps the peer's
     # parsed ML-KEM key). `groups` lets an operator choose.
     if opts.groups and _lib.SSL_CTX_set1_curves_list(
