@@ -354,6 +354,24 @@ def test_decrypt_send_reads_large_chunks_in_place_across_record_boundaries(peer:
 
 
 @needs_c
+def test_decrypt_send_large_read_ending_in_close_notify(peer: Peer) -> None:
+    """A large in-place read whose last record is the client's close_notify: every byte
+    before it comes out, peer_closed is set, and the session can still send its own."""
+    data = os.urandom(50_000)
+    wire = peer.client_records(data)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        peer.cli.unwrap()
+    wire += peer.cout.read()
+    INBUF[:len(wire)] = wire
+    total = peer.sess.decrypt_send(len(wire), -1)
+    assert bytes(OUT_VIEW[:total]) == data
+    assert peer.sess.peer_closed
+    peer.sess.close_notify()
+    peer.pump_to_client()
+    peer.cli.unwrap()  # completes only once our close_notify arrived (else SSLWantReadError)
+
+
+@needs_c
 def test_decrypt_send_large_chunk_behind_buffered_bytes_is_copied(peer: Peer) -> None:
     """Bytes already waiting in the read BIO (fed before the relay) come first: a large read
     behind them goes through the BIO, not in place."""
