@@ -6,12 +6,14 @@
  * 0.5 us -- as much as decrypting a small record. tg_decrypt_send / tg_encrypt_send run the same
  * sequence of OpenSSL calls as the pure-Python ServerSession.decrypt_out / encrypt_out in
  * engine.py, plus the write(2) to the other socket the relay does with os.write, as one call
- * from Python per socket read.
+ * from Python per socket read. One difference: a large read from the client is handed to
+ * OpenSSL in place instead of copied into the connection's BIO (see tg_decrypt).
  *
  * They call the OpenSSL that pyOpenSSL/cryptography bundle (statically linked, its symbols
  * not exported), so they do not link against any libssl: engine.py hands over the function
- * addresses from the cffi bindings once, at import (tg_init). Nothing here allocates, keeps
- * state per connection or touches the error queue: error handling stays in Python.
+ * addresses from the cffi bindings once, at import (tg_init, tg_init_direct). Nothing here
+ * keeps state per connection or touches the error queue (error handling stays in Python); the
+ * only allocations are OpenSSL's, for the BIOs of an in-place read.
  */
 
 #include <errno.h>
