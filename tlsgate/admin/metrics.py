@@ -86,7 +86,7 @@ class _Sum:
                 self.handshakes[label, result, version] += n
             for cipher, n in s["ciphers"].items():
                 self.ciphers[label, cipher] += n
-            for group, n in (s.get("groups") or {}).items():
+            for group, n in s["groups"].items():
                 self.groups[label, group] += n
             for reason, n in s["handshake_failures"].items():
                 self.failures[label, reason] += n
