@@ -147,6 +147,8 @@ class ClientGate(asyncio.BufferedProtocol):
         self.rec.refusal = refusal
         self.phase = _CLOSED
         self.rec.close_reason = reason
+        self.rec.closed_at = time.time()
+        self.rec.conn = None  # the access log keeps the record until its next batch
         self.transport.abort()
         self._log_access()
 
@@ -637,7 +639,7 @@ class ClientGate(asyncio.BufferedProtocol):
         rec = self.rec
         assert rec is not None
         if access.enabled:
-            access.write(rec.access_fields())
+            access.write_entry(rec)
 
 
 def _lost(who: str, exc: Exception | None) -> str:

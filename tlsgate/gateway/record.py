@@ -11,6 +11,8 @@ import itertools
 import time
 from typing import Any, Protocol
 
+from ..accesslog import text_value as _v
+
 _ids = itertools.count(1)
 
 
@@ -90,3 +92,17 @@ class ConnRecord:
             "user": self.username, "in": bin_, "out": bout,
             "dur": f"{end - self.started:.3f}", "reason": self.close_reason,
         }
+
+    def access_text(self) -> str:
+        """:meth:`access_fields` as the access log's ``k=v`` text in one f-string (no dict, no
+        generator); names, order and quoting are the same, which a unit test holds. Called by
+        the access log when it writes its batch, after the connection has finished."""
+        bin_, bout = self.live_bytes()
+        end = self.closed_at or time.time()
+        tls = self.tls_version
+        return (f"conn={self.id} listener={_v(self.listener)} peer={_v(self.peer_str)} "
+                f"sni={_v(self.server_name)} tls={_v(tls)} cipher={_v(self.cipher)} "
+                f"group={_v(self.group)} resumed={self.session_reused if tls else '-'} "
+                f"cert={_v(self.cert_subject)} psk={_v(self.psk_identity)} "
+                f"clientid={_v(self.client_id)} user={_v(self.username)} in={bin_} out={bout} "
+                f"dur={end - self.started:.3f} reason={_v(self.close_reason)}")
