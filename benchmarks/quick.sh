@@ -7,6 +7,7 @@
 # (CPU time of the tlsgate worker, so other load on the machine inflates it less than wall time).
 # Not a substitute for ../shared/bench/compare.sh (same run, peers side by side), which is what
 # the notes quote. METRIC: hs | hs_resume | msg | bulk | lat | idle (default: hs msg bulk).
+# SERVE: run another candidate instead (benchmarks/bare_forwarder.py: the engine without the gate).
 set -u
 H=$(cd "$(dirname "$0")/.." && pwd)
 B=${BENCH_WORK:-${TMPDIR:-/tmp}/tlsgate-bench}
@@ -19,7 +20,9 @@ if ! ss -ltnH "sport = :1883" | grep -q .; then
   mosquitto -p 1883 >/dev/null 2>&1 & own_broker=$!
   sleep 0.5
 fi
-"$H/benchmarks/serve-for-bench.sh" >/dev/null 2>&1 &
+# SERVE: another candidate command (e.g. ".venv/bin/python benchmarks/bare_forwarder.py").
+${SERVE:-"$H/benchmarks/serve-for-bench.sh"} >/dev/null 2>&1 &
+served=$!
 for _ in $(seq 100); do ss -ltnH "sport = :$CAND_PORT" | grep -q . && break; sleep 0.1; done
 sleep 0.5
 W=$(ss -ltnpH "sport = :$CAND_PORT" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u | paste -sd,)
@@ -39,5 +42,6 @@ for m in ${*:-hs msg bulk}; do
   esac 2>&1 | grep -E "^result" | tr ' ' '\n' | grep -E "^(mode|rate|msgs_per_s|MBps|proxy_us_per|proxy_ns_per|proxy_cpu|kib|rss|p50|foreign|done|fails|held|proxy_rss)" | paste -sd' '
 done
 pkill -f "tlsgate serve -c $B/tlsgate/bench.toml" 2>/dev/null
+kill "$served" 2>/dev/null
 [ -n "$own_broker" ] && kill "$own_broker" 2>/dev/null
 sleep 0.5
