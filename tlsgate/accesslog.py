@@ -78,9 +78,9 @@ class AccessLog:
 
     def write_entry(self, entry: Entry) -> None:
         """Queue a finished connection's line; it is formatted when the batch is written (one
-        tight loop per batch instead of formatting code run cold once per connection:
-        measured on the handshake benchmark, see :mod:`tlsgate.gateway.record`). ``entry``
-        must not change once queued."""
+        tight loop per batch instead of formatting code run cold once per connection: see
+        the module docstring for what that measured). ``entry`` must not change once
+        queued."""
         if self.enabled:
             self._queue(entry)
 
@@ -118,7 +118,7 @@ class AccessLog:
             try:
                 lines.append(fmt(e))
             except Exception:  # a formatting bug must cost one line, not the batch or the node
-                lines.append(_fallback(e))
+                lines.append(f"{self._time(time.time())}{self._prefix}{_fallback(e)}")
         self._lines.clear()
         data = ("\n".join(lines) + "\n").encode("utf-8", "replace")
         try:
@@ -141,9 +141,9 @@ class Entry(Protocol):
 
 def _fallback(entry: Entry) -> str:
     try:
-        return f"tlsgate.access: connection closed {entry.access_fields()!r}"
+        return f"(unformattable) {entry.access_fields()!r}"
     except Exception:
-        return "tlsgate.access: connection closed (unformattable entry)"
+        return "(unformattable entry)"
 
 
 #: The process-wide access log (configured by ``tlsgate.log.setup``).

@@ -147,6 +147,7 @@ def test_a_record_that_cannot_be_formatted_costs_its_own_line_only(tmp_path: Pat
     lines = path.read_text().splitlines()
     assert len(lines) == 2
     assert "clientid=ok-1" in lines[0]
+    assert " INFO [w3] tlsgate.access: connection closed (unformattable) " in lines[1]
     assert "'clientid': 'bad-1'" in lines[1]
 
 
