@@ -10,8 +10,10 @@ Refusal codes are read from the clients: mosquitto_pub's exit status is the CONN
 from __future__ import annotations
 
 import base64
+import calendar
 import contextlib
 import hashlib
+import json
 import re
 import socket
 import ssl
@@ -393,6 +395,38 @@ def test_far_over_max_connections_sockets_are_closed_before_tls(
         for s in flood:
             s.close()
     wait_for(lambda: _pub311_code(port, pki) == 0, 15, "served again after the flood")
+
+
+def test_json_access_log_from_a_real_gate(pki: Pki, broker: Mosquitto,
+                                          make_gate: GateFactory) -> None:
+    """log.format = "json": the worker writes one JSON access object per connection, for an
+    admitted client (fields from the handshake, the CONNECT and the relay) and for one refused
+    before TLS (access_rules), each stamped when its connection closed."""
+    port, denied = free_port(), free_port()
+    cfg = (base_toml(broker.port, extra='[log]\nformat = "json"\n')
+           + listener_toml("j", port, pki)
+           + listener_toml("deny", denied, pki, extra='access_rules = ["deny all"]\n'))
+    g = make_gate(cfg, [port, denied], wait=False)
+    g.wait_log(r'"logger": "tlsgate.node".*"msg": "tlsgate node \S+ ready', timeout=30)
+    t0 = time.time()
+    r = mosquitto_pub(port, "t/json", "hello", "-i", "json-1", *tls_args(pki.ca_pem))
+    assert r.returncode == 0, r.stderr
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", denied), 5) as s:
+        s.recv(1)  # closed by the gate before any TLS
+    g.wait_log(r'"clientid": "json-1"')
+    g.wait_log(r'"reason": "refused by access_rules"')
+    docs = [json.loads(line) for line in g.log_text().splitlines()
+            if line.startswith("{") and '"tlsgate.access"' in line]
+    ok = next(d for d in docs if d.get("clientid") == "json-1")
+    assert ok["listener"] == "ssl:j" and ok["tls"] == "TLSv1.3" and ok["proc"] == "w0"
+    assert ok["msg"] == "connection closed" and ok["resumed"] is False
+    assert ok["in"] > 0 and ok["out"] > 0 and ok["group"]
+    refused = next(d for d in docs if d.get("reason") == "refused by access_rules")
+    assert refused["listener"] == "ssl:deny" and refused["tls"] is None
+    for d in (ok, refused):
+        stamp = calendar.timegm(time.strptime(d["ts"][:19], "%Y-%m-%dT%H:%M:%S"))
+        assert t0 - 2 <= stamp <= time.time() + 1, d["ts"]
+        assert 0 <= float(d["dur"]) < 10
 
 
 def test_access_log_names_the_key_exchange_group(pki: Pki, broker: Mosquitto,
