@@ -36,7 +36,7 @@ if [ "${1:-}" = "--python" ]; then echo "$W"; exit 0; fi
 
 ver() { "$1" -c 'from OpenSSL import SSL; print(SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode().split()[1])'; }
 new=$(ver "$H/.venv/bin/python")
-old=$(PYTHONPATH="$H/benchmarks/openssl31:$H" ver "$V/bin/python")
+old=$(ver "$W")
 for _ in $(seq "${REPS:-2}"); do
   for py in "$H/.venv/bin/python" "$W"; do
     label=$new; [ "$py" = "$W" ] && label=$old
@@ -44,6 +44,6 @@ for _ in $(seq "${REPS:-2}"); do
       { extra = "" }
       /proxy_rss_delta_kib=/ { match($0, /proxy_rss_delta_kib=[0-9]+/)
         extra = sprintf(" kib_per_idle_conn=%.2f", substr($0, RSTART + 20, RLENGTH - 20) / n) }
-      { print "openssl=" l " " $0 extra }' 
+      { print "openssl=" l " " $0 extra }'
   done
 done

@@ -20,7 +20,6 @@ if ! ss -ltnH "sport = :1883" | grep -q .; then
   mosquitto -p 1883 >/dev/null 2>&1 & own_broker=$!
   sleep 0.5
 fi
-# SERVE: another candidate command (e.g. ".venv/bin/python benchmarks/bare_forwarder.py").
 ${SERVE:-"$H/benchmarks/serve-for-bench.sh"} >/dev/null 2>&1 &
 served=$!
 for _ in $(seq 100); do ss -ltnH "sport = :$CAND_PORT" | grep -q . && break; sleep 0.1; done
