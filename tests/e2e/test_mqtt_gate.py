@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -28,7 +29,7 @@ from tests.certkit import Pki
 from tests.clients import connack_code, mosquitto_pub, need, paho_client, s_client, tls_args
 from tests.conftest import GateFactory, base_toml, listener_toml
 from tests.procs import Mosquitto, free_port, wait_for
-from tlsgate.mqtt import parse_proxy_header
+from tlsgate.mqtt import encode_connect, parse_proxy_header
 from tlsgate.tls.identity import identity_from_cert
 
 
@@ -448,3 +449,29 @@ def test_access_log_names_the_key_exchange_group(pki: Pki, broker: Mosquitto,
     # a client that offers only groups outside the list is refused in the handshake
     bad = s_client(port, "-groups", "P-384", "-CAfile", str(pki.ca_pem), hold=0.5)
     assert b"handshake failure" in bad.stdout or b"alert" in bad.stdout, bad.stdout
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_session_resumption_follows_reuse_sessions(reuse: bool, pki: Pki, broker: Mosquitto,
+                                                   make_gate: GateFactory, tmp_path: Path) -> None:
+    """ssl_options.reuse_sessions: with it on (the default) a client that saved the ticket of
+    its first connection resumes on the second (s_client says "Reused", the access log
+    resumed=True); with it off the second connection is a full handshake again."""
+    port = free_port()
+    cfg = base_toml(broker.port) + listener_toml(
+        "rs", port, pki, extra_ssl="" if reuse else "reuse_sessions = false\n")
+    g = make_gate(cfg, [port])
+    sess = tmp_path / "session.pem"
+    outs = []
+    for i, flag in enumerate(("-sess_out", "-sess_in")):
+        # a real CONNECT, so that the CONNACK (with the deferred tickets) comes back
+        connect = encode_connect(protocol_level=4, client_id=f"resume-{reuse}-{i}".encode())
+        out = s_client(port, flag, str(sess), "-CAfile", str(pki.ca_pem), data=connect, hold=1.0)
+        outs.append(out.stdout.decode(errors="replace"))
+        g.wait_log(rf"connection closed .*clientid=resume-{reuse}-{i} ")
+    assert "New, TLSv1.3" in outs[0], outs[0]
+    assert sess.exists() and sess.stat().st_size > 0
+    second = "Reused, TLSv1.3" if reuse else "New, TLSv1.3"
+    assert second in outs[1], outs[1]
+    assert g.count_log(rf"resumed={reuse} .*clientid=resume-{reuse}-1 ") == 1
+    assert g.count_log(r"resumed=False .*clientid=resume-.*-0 ") == 1
