@@ -212,3 +212,47 @@ def test_healthz_follows_the_workers(pki: Pki, broker: Mosquitto,
     _code, doc = wait_for(lambda: (h := health())[0] == 503 and h, 5, "degraded")
     assert doc["workers_up"] == 1
     wait_for(lambda: health()[0] == 200, 15, "healthy again after the restart")
+
+
+def _resume_once(port: int, ctx: ssl.SSLContext, cid: str,
+                 session: ssl.SSLSession | None) -> ssl.SSLSession | None:
+    """One MQTT session (CONNECT, CONNACK, DISCONNECT); returns the client's TLS session,
+    which holds a ticket once the CONNACK (that the tickets travel with) was read."""
+    with socket.create_connection(("127.0.0.1", port)) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        c = cid.encode()
+        tls.sendall(bytes([0x10, 12 + len(c), 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, len(c)])
+                    + c)
+        assert tls.recv(4) == b"\x20\x02\x00\x00"
+        tls.sendall(b"\xe0\x00")
+        assert tls.session_reused == (session is not None), cid
+        return tls.session
+
+
+def test_a_session_resumes_on_every_worker_and_after_a_reload(
+        two_workers: tuple[Gate, int, Path, Path], pki: Pki) -> None:
+    """SPEC §8: a client's TLS session resumes on any worker. The ticket keys come from the
+    node (tlsgate.tls.unbound sets them), so a ticket the first connection got from one worker
+    is accepted by the other, and still after SIGHUP rebuilt every context (same CA, new
+    server certificate)."""
+    g, port, cert, key = two_workers
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    session = _resume_once(port, ctx, "res-first", None)
+    assert session is not None and session.has_ticket
+    served: set[str] = set()
+    for i in range(40):
+        _resume_once(port, ctx, f"res-{i:02d}", session)  # asserts session_reused
+        line = g.wait_log(rf"\[w(\d)\] tlsgate\.access: .*resumed=True .*clientid=res-{i:02d} ")
+        served.add(line.group(1))
+        if served == {"0", "1"} and i >= 5:
+            break
+    assert served == {"0", "1"}, served
+    new = pki.issue_server("renewed-res", ["localhost", "127.0.0.1"])
+    cert.write_bytes(new.cert.read_bytes())
+    key.write_bytes(new.key.read_bytes())
+    assert "reload done" in g.reload()
+    for i in range(6):
+        _resume_once(port, ctx, f"res-after-{i}", session)
+    wait_for(lambda: g.count_log(r"resumed=True .*clientid=res-after-") == 6, 10,
+             "six resumed access lines after the reload")

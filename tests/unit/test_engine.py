@@ -14,7 +14,7 @@ from OpenSSL import SSL
 
 from tests.certkit import Pki
 from tlsgate.tls import engine
-from tlsgate.tls.context import build_server_context
+from tlsgate.tls.context import ServerContext, build_server_context
 from tlsgate.tls.engine import INBUF, OUT_VIEW, HandshakeError, ServerSession, TlsError
 
 
@@ -30,18 +30,26 @@ class Peer:
     """A stdlib TLS client over memory BIOs talking to one ServerSession."""
 
     def __init__(self, pki: Pki, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
-                 server_opts: dict[str, object] | None = None) -> None:
+                 server_opts: dict[str, object] | None = None, *,
+                 ctx: ServerContext | None = None, session: ssl.SSLSession | None = None,
+                 cctx: ssl.SSLContext | None = None) -> None:
+        """``ctx``: a server context built elsewhere; ``session``/``cctx``: resume a session
+        (it must come from the same client context)."""
         from tlsgate.config.schema import ServerSslOptions
 
-        opts = ServerSslOptions(certfile=str(pki.server.cert), keyfile=str(pki.server.key),
-                                **(server_opts or {}))
-        self.ctx = build_server_context(opts, "listeners.ssl.t")
+        if ctx is None:
+            opts = ServerSslOptions(certfile=str(pki.server.cert), keyfile=str(pki.server.key),
+                                    **(server_opts or {}))
+            ctx = build_server_context(opts, "listeners.ssl.t")
+        self.ctx = ctx
         self.sent: list[bytes] = []  # what the server sent (ciphertext)
         self.sess = ServerSession(self.ctx.ctx, self.sent.append)
-        cctx = ssl.create_default_context(cafile=str(pki.ca_pem))
-        cctx.minimum_version = cctx.maximum_version = version
+        if cctx is None:
+            cctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+            cctx.minimum_version = cctx.maximum_version = version
         self.cin, self.cout = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.cli = cctx.wrap_bio(self.cin, self.cout, server_hostname="localhost")
+        self.cli = cctx.wrap_bio(self.cin, self.cout, server_hostname="localhost",
+                                 session=session)
 
     def to_server(self, data: bytes, chunk: int | None = None) -> bytes:
         """Feed client bytes through INBUF as socket reads would, return decrypted plaintext."""

@@ -217,7 +217,10 @@ ZH: dict[str, tuple[str, str]] = {
         "a dotted OID; empty = not checked.",
         "要求客户端证书具备的扩展密钥用法：`clientAuth`、`serverAuth` 或点分 OID；为空 = 不检查。"),
     f"{_SSL}.reuse_sessions": (
-        "TLS session resumption (tickets).", "TLS 会话恢复（会话票据）。"),
+        "TLS session resumption by session ticket; the ticket keys are shared by every worker "
+        "of the node and kept across reloads. `false`: no tickets are sent.",
+        "通过会话票据恢复 TLS 会话；票据密钥由节点的所有 worker 共享，"
+        "并在重新加载后保留。`false`：不发送票据。"),
     f"{_SSL}.alpn": (
         "ALPN protocols offered, e.g. [\"mqtt\"]; empty = no ALPN.",
         "提供的 ALPN 协议，例如 [\"mqtt\"]；为空 = 不使用 ALPN。"),

@@ -178,7 +178,9 @@ class ServerSslOptions(Section):
                                                            "client certificate: `clientAuth`, "
                                                            "`serverAuth`, or a dotted OID; "
                                                            "empty = not checked.")
-    reuse_sessions: bool = Field(True, description="TLS session resumption (tickets).")
+    reuse_sessions: bool = Field(True, description=(
+        "TLS session resumption by session ticket; the ticket keys are shared by every worker "
+        "of the node and kept across reloads. `false`: no tickets are sent."))
     alpn: list[str] = Field(default_factory=list, description="ALPN protocols offered, e.g. "
                                                               "[\"mqtt\"]; empty = no ALPN.")
     sni: list[SniEntry] = Field(default_factory=list, description="Extra certificates chosen by "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -78,8 +79,13 @@ class ReloadResult:
 class Gateway:
     def __init__(self, config: Config, config_path: str | None, *, reuse_port: bool = False,
                  sockets: dict[str, socket.socket] | None = None,
-                 node: Callable[[], ControlPeer | None] | None = None) -> None:
+                 node: Callable[[], ControlPeer | None] | None = None,
+                 ticket_secret: bytes | None = None) -> None:
         self.config = config
+        #: What every listener's session-ticket keys are derived from: the node's (the same in
+        #: every worker, so a client resumes on any of them), or this process's own. Kept for
+        #: the life of the process, so tickets survive reloads. Never logged.
+        self.ticket_secret = ticket_secret or os.urandom(32)
         self.config_path = config_path
         self.reuse_port = reuse_port
         self.registry = Registry()
@@ -129,7 +135,7 @@ class Gateway:
                 continue
             key = f"listeners.ssl.{name}"
             try:
-                ctx = build_server_context(lst.ssl_options, key, hooks)
+                ctx = build_server_context(lst.ssl_options, key, hooks, self.ticket_secret)
                 out[f"ssl:{name}"] = (lst, self.revocation.prepare(key, ctx))
             except ContextError as exc:
                 problems.extend(exc.problems)

@@ -60,6 +60,9 @@ class Node:
         self.path = path
         self.toml_text = toml_text
         self.workers: dict[int, WorkerHandle] = {}
+        #: Every worker derives its session-ticket keys from this (tlsgate.tls.context), so a
+        #: client resumes on any worker, also one restarted after a crash. Memory only.
+        self.ticket_secret = os.urandom(32)
         self.stopping = False
         self.started_at = time.time()
         self._supervisors: set[asyncio.Task[None]] = set()
@@ -153,7 +156,8 @@ class Node:
         h.tasks = [loop.create_task(h.peer.run(), name=f"control worker {index}")]
         try:
             await h.peer.request("start", timeout=60.0, toml=self.toml_text, path=self.path,
-                                 psk=encode_table(self.psk.merged()) if self.psk else None)
+                                 psk=encode_table(self.psk.merged()) if self.psk else None,
+                                 ticket_secret=self.ticket_secret.hex())
         except (ControlError, TimeoutError) as exc:
             if h.proc.returncode is None:
                 h.proc.kill()

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import Config, ConfigError, parse
 from ..log import setup as setup_logging
-from ..tls import engine
+from ..tls import engine, unbound
 from ..tls.engine import self_check
 from . import worker_ops
 from .app import Gateway
@@ -54,7 +54,13 @@ class Worker:
             else:
                 log.warning("TLS relay loops: pure Python, more CPU per TLS record (%s)",
                             engine.ACCEL_MISSING)
-        gw = Gateway(config, args.get("path"), reuse_port=True, node=lambda: self.peer)
+            why = unbound.missing()
+            if why:
+                log.warning("TLS session tickets: each worker has its own keys, so a client "
+                            "resumes only on the worker it had before (%s)", why)
+        secret = args.get("ticket_secret")
+        gw = Gateway(config, args.get("path"), reuse_port=True, node=lambda: self.peer,
+                     ticket_secret=bytes.fromhex(secret) if secret else None)
         self.gw = gw
         if args.get("psk"):
             gw.psk_table.replace_all(decode_table(args["psk"]), reason="start")

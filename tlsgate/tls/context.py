@@ -14,6 +14,8 @@ renegotiation, OpenSSL's per-connection buffers released when idle (SSL_MODE_REL
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from OpenSSL._util import lib as _lib
 from ..config.load import Problem
 from ..config.schema import ServerSslOptions, SniEntry
 from ..config.types import Secret
+from . import unbound
 from .certs import (
     CertError,
     is_world_readable,
@@ -111,8 +114,34 @@ ContextHook = Callable[[SSL.Context, ServerSslOptions], None]
 VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
 
 
+#: What decides which clients a listener admits: a session-ticket key is derived from these
+#: (and the CA file's content), so a ticket from before a reload still resumes unless one of
+#: them changed -- a server certificate renewed in place keeps tickets valid, a changed CA set
+#: or verify mode does not.
+_ADMISSION_FIELDS = ("cacertfile", "verify", "fail_if_no_peer_cert", "depth", "partial_chain",
+                     "verify_peer_ext_key_usage", "versions", "ciphers")
+
+
+def ticket_key(secret: bytes, key: str, opts: ServerSslOptions) -> bytes:
+    """The session-ticket key (name, HMAC key, AES key) for listener ``key``: derived from the
+    node's secret, so every worker, and every context a reload builds, has the same one."""
+    admission = opts.model_dump(include=set(_ADMISSION_FIELDS), mode="json")
+    ca = b""
+    if opts.cacertfile:
+        try:
+            with open(opts.cacertfile, "rb") as f:
+                ca = hashlib.sha256(f.read()).digest()
+        except OSError:
+            pass  # the context build reports the file
+    info = b"\0".join([b"tlsgate session tickets v1", key.encode(),
+                       repr(sorted(admission.items())).encode(), ca])
+    name = hmac.new(secret, b"name\0" + info, hashlib.sha256).digest()[:16]
+    keys = hmac.new(secret, b"keys\0" + info, hashlib.sha512).digest()
+    return name + keys
+
+
 def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
-                  session_id: bytes) -> VerifyCallback | None:
+                  session_id: bytes, tickets: bytes | None = None) -> VerifyCallback | None:
     """Everything but the certificate: versions, suites, verification, session handling.
     Returns the Python verify callback installed (None: OpenSSL's own checks only)."""
     verify_cb: VerifyCallback | None = None
@@ -130,6 +159,11 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
     # cache insert (~5 % of the handshake measured). nginx's default is the same.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_options(options)
+    if not opts.reuse_sessions:
+        # TLS 1.3 would still get two session-id tickets that can never resume
+        unbound.set_num_tickets(ctx, 0)
+    elif tickets is not None:
+        unbound.set_ticket_keys(ctx, tickets)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     # pyOpenSSL turns partial writes on for every context it makes; the engine writes whole
     # chunks into a memory BIO (which never blocks) with one SSL_write, so it must be off:
@@ -279,15 +313,19 @@ def _sni_match(pattern: str, name: str) -> bool:
 
 
 def build_server_context(opts: ServerSslOptions, key: str,
-                         hooks: list[ContextHook] | None = None) -> ServerContext:
+                         hooks: list[ContextHook] | None = None,
+                         ticket_secret: bytes | None = None) -> ServerContext:
     """Build a listener's context; ``key`` is its config path (``listeners.ssl.default``).
+    ``ticket_secret``: the node's secret the session-ticket keys are derived from (None: OpenSSL
+    makes random keys for this context alone).
 
     Raises :class:`ContextError` listing every problem, each with its full key.
     """
     c = _Collector(f"{key}.ssl_options")
     session_id = ("tlsgate:" + key).encode()[:32]
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    verify_cb = _apply_common(ctx, opts, c, session_id)
+    tickets = ticket_key(ticket_secret, key, opts) if ticket_secret else None
+    verify_cb = _apply_common(ctx, opts, c, session_id, tickets)
     # No certificate: a TLS-PSK-only listener (the config allows it only with PSK enabled).
     chain = (_load_identity(ctx, opts.certfile, opts.keyfile, opts.password, c)
              if opts.certfile else [])
@@ -296,7 +334,7 @@ def build_server_context(opts: ServerSslOptions, key: str,
     sni_chains: dict[str, list[x509.Certificate]] = {}
     for i, entry in enumerate(opts.sni):
         sctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        _apply_common(sctx, opts, _Collector(""), session_id)
+        _apply_common(sctx, opts, _Collector(""), session_id, tickets)
         sni_chains[entry.server_name] = _load_identity(
             sctx, entry.certfile, entry.keyfile, entry.password, c, key_prefix=f"sni[{i}].")
         sni[entry.server_name] = sctx

@@ -1,0 +1,108 @@
+"""Session tickets: OpenSSL calls the cffi bindings lack (tlsgate.tls.unbound), the per-listener
+ticket keys every worker derives from the node's secret (tlsgate.tls.context.ticket_key), and
+``reuse_sessions = false`` sending no tickets. Real handshakes: tlsgate's ServerSession on the
+bundled OpenSSL against CPython's ssl (the system OpenSSL) over memory BIOs."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from OpenSSL import SSL
+
+from tests.certkit import Pki
+from tests.unit.test_engine import Peer
+from tlsgate.config.schema import ServerSslOptions
+from tlsgate.tls import unbound
+from tlsgate.tls.context import ServerContext, build_server_context, ticket_key
+from tlsgate.tls.engine import INBUF
+
+SECRET = bytes(range(32))
+
+
+def _opts(pki: Pki, **kw: object) -> ServerSslOptions:
+    return ServerSslOptions(certfile=str(pki.server.cert), keyfile=str(pki.server.key), **kw)
+
+
+def _client_ctx(pki: Pki) -> ssl.SSLContext:
+    c = ssl.create_default_context(cafile=str(pki.ca_pem))
+    c.minimum_version = c.maximum_version = ssl.TLSVersion.TLSv1_3
+    return c
+
+
+def _connect(pki: Pki, ctx: ServerContext, cctx: ssl.SSLContext,
+             session: ssl.SSLSession | None = None) -> Peer:
+    """Handshake, then one server write (the tickets go out with it) read by the client."""
+    p = Peer(pki, ctx=ctx, cctx=cctx, session=session)
+    p.handshake()
+    INBUF[:4] = b"\x20\x02\x00\x00"
+    p.sent.append(p.sess.encrypt_in(4))
+    assert p.client_read() == b"\x20\x02\x00\x00"
+    return p
+
+
+def test_the_functions_are_found_in_the_bundled_openssl() -> None:
+    """If a cryptography release stops shipping its symbol table, this fails here first (and
+    tlsgate logs the reason and falls back to per-worker keys)."""
+    assert unbound.missing() == ""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    assert unbound.set_ticket_keys(ctx, b"k" * unbound.TICKET_KEY_LEN)
+    assert unbound.ticket_keys_of(ctx) == b"k" * unbound.TICKET_KEY_LEN
+    assert unbound.set_num_tickets(ctx, 0)
+    with pytest.raises(ValueError):
+        unbound.set_ticket_keys(ctx, b"short")
+
+
+def test_contexts_from_one_secret_share_keys_and_resume_each_others_sessions(pki: Pki) -> None:
+    """Two contexts built apart (two workers, or before and after a reload) from the same
+    secret: a session from the first resumes on the second; another secret does not."""
+    a = build_server_context(_opts(pki), "listeners.ssl.t", ticket_secret=SECRET)
+    b = build_server_context(_opts(pki), "listeners.ssl.t", ticket_secret=SECRET)
+    other = build_server_context(_opts(pki), "listeners.ssl.t", ticket_secret=b"x" * 32)
+    assert unbound.ticket_keys_of(a.ctx) == unbound.ticket_keys_of(b.ctx) \
+        == ticket_key(SECRET, "listeners.ssl.t", _opts(pki))
+    assert unbound.ticket_keys_of(other.ctx) != unbound.ticket_keys_of(a.ctx)
+    cctx = _client_ctx(pki)
+    first = _connect(pki, a, cctx)
+    session = first.cli.session
+    assert session is not None and session.has_ticket and not first.cli.session_reused
+    assert _connect(pki, b, cctx, session).cli.session_reused
+    assert not _connect(pki, other, cctx, session).cli.session_reused
+
+
+def test_without_a_secret_each_context_has_its_own_keys(pki: Pki) -> None:
+    a = build_server_context(_opts(pki), "listeners.ssl.t")
+    b = build_server_context(_opts(pki), "listeners.ssl.t")
+    assert unbound.ticket_keys_of(a.ctx) != unbound.ticket_keys_of(b.ctx)
+    cctx = _client_ctx(pki)
+    session = _connect(pki, a, cctx).cli.session
+    assert not _connect(pki, b, cctx, session).cli.session_reused
+
+
+def test_ticket_key_changes_with_what_decides_admission(pki: Pki, tmp_path: Path) -> None:
+    """A renewed server certificate keeps tickets valid; another listener, another CA file
+    content or verify mode does not (a resumed session skips certificate verification)."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.ca_pem.read_bytes())
+    base = _opts(pki, cacertfile=str(ca))
+    k = ticket_key(SECRET, "listeners.ssl.t", base)
+    assert len(k) == unbound.TICKET_KEY_LEN
+    renewed = pki.issue_server("renewed-tk", ["localhost"])
+    same = base.model_copy(update={"certfile": str(renewed.cert), "keyfile": str(renewed.key)})
+    assert ticket_key(SECRET, "listeners.ssl.t", same) == k
+    assert ticket_key(SECRET, "listeners.ssl.u", base) != k
+    assert ticket_key(SECRET, "listeners.ssl.t",
+                      base.model_copy(update={"verify": "verify_peer"})) != k
+    ca.write_bytes(pki.ca_pem.read_bytes() + b"\n")  # same path, other content
+    assert ticket_key(SECRET, "listeners.ssl.t", base) != k
+
+
+def test_reuse_sessions_false_sends_no_tickets(pki: Pki) -> None:
+    cctx = _client_ctx(pki)
+    on = _connect(pki, build_server_context(_opts(pki), "listeners.ssl.t", ticket_secret=SECRET),
+                  cctx)
+    assert on.cli.session is not None and on.cli.session.has_ticket
+    off = _connect(pki, build_server_context(_opts(pki, reuse_sessions=False), "listeners.ssl.t",
+                                             ticket_secret=SECRET), cctx)
+    assert off.cli.session is None or not off.cli.session.has_ticket

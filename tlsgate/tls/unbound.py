@@ -1,0 +1,157 @@
+"""OpenSSL functions that cryptography's cffi bindings leave out, found in the bundled library.
+
+tlsgate runs on the OpenSSL that the ``cryptography`` wheel links into its extension module
+(``cryptography.hazmat.bindings._rust``). The cffi bindings pyOpenSSL uses expose a fixed subset
+of it; two calls tlsgate needs are not in that subset:
+
+* ``SSL_CTX_set_num_tickets`` -- how many TLS 1.3 session tickets a full handshake sends
+  (``ssl_options.reuse_sessions = false`` means none; without this call OpenSSL still sends two
+  that can never resume);
+* ``SSL_CTX_ctrl(SSL_CTRL_SET_TLSEXT_TICKET_KEYS)`` -- the session-ticket keys, so that every
+  worker of a node (and every context a reload builds) encrypts and accepts the same tickets:
+  a client resumes on whichever worker SO_REUSEPORT hands it to (SPEC section 8).
+
+The functions are compiled into the module (it is one ELF object, and OpenSSL's symbols are
+local to it, not exported), but the wheel keeps its ELF symbol table. This module reads that
+table once (``mmap``, ~30 ms, at the first context build), and trusts what it finds only if
+the load address it implies is the same for three functions whose run-time address cffi does
+give (its ``_cffi_d_*`` wrappers): if the table were stale, stripped or for another file, the
+three would disagree and the functions are reported missing -- never called at a guessed
+address. Missing (another platform, a stripped wheel) means: tlsgate works as before, each
+worker with its own OpenSSL-generated ticket keys; :func:`missing` says why, for the start-up
+log.
+
+No I/O beyond reading that one file; no secrets kept here (the caller passes the key bytes).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from typing import Any
+
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+__all__ = ["TICKET_KEY_LEN", "missing", "set_num_tickets", "set_ticket_keys"]
+
+#: SSL_CTRL_SET_TLSEXT_TICKET_KEYS / ..._GET_...: 16-byte key name, 32-byte HMAC key, 32-byte
+#: AES key (OpenSSL 1.1.0 and later).
+TICKET_KEY_LEN = 80
+_CTRL_GET_TICKET_KEYS = 58
+_CTRL_SET_TICKET_KEYS = 59
+
+_WANTED = ("SSL_CTX_set_num_tickets", "SSL_CTX_ctrl")
+#: Bound functions whose cffi wrapper addresses pin the load address down.
+_ANCHORS = ("SSL_CTX_new", "SSL_new", "SSL_CTX_free")
+
+_fns: dict[str, Any] | None = None
+_why = ""
+
+
+def _elf_functions(path: str, names: set[bytes]) -> dict[bytes, int]:
+    """Values of the STT_FUNC symbols ``names`` in the ELF64 little-endian file's .symtab."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if m[:6] != b"\x7fELF\x02\x01":
+            raise ValueError("not a 64-bit little-endian ELF file")
+        shoff, = struct.unpack_from("<Q", m, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", m, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", m, shoff + i * shentsize)
+                    for i in range(shnum)]
+        found: dict[bytes, int] = {}
+        for _name, typ, _fl, _addr, off, size, link, _info, _al, entsize in sections:
+            if typ != 2 or entsize != 24:  # SHT_SYMTAB of Elf64_Sym
+                continue
+            strtab, strsize = sections[link][4], sections[link][5]
+            # string-table offsets at which each wanted name (NUL-terminated) starts; the
+            # linker shares suffixes, so look for every occurrence, not just "\0name\0"
+            at: dict[int, bytes] = {}
+            for name in names:
+                i = m.find(name + b"\0", strtab, strtab + strsize)
+                while i >= 0:
+                    at[i - strtab] = name
+                    i = m.find(name + b"\0", i + 1, strtab + strsize)
+            for st_name, st_info, _other, _shndx, value, _size in struct.iter_unpack(
+                    "<IBBHQQ", m[off:off + size]):
+                if st_name in at and st_info & 0xF == 2 and value:  # STT_FUNC, defined
+                    found[at[st_name]] = value
+        return found
+
+
+def _load() -> dict[str, Any]:
+    global _fns, _why
+    if _fns is not None:
+        return _fns
+    _fns = {}
+    try:
+        import cryptography.hazmat.bindings._rust as rust_module
+
+        path = rust_module.__file__
+        raw = getattr(_lib, "_original_lib", _lib)
+        names = {n.encode() for n in _WANTED}
+        names |= {f"_cffi_d_{n}".encode() for n in _ANCHORS}
+        names |= {n.encode() for n in _ANCHORS}
+        syms = _elf_functions(str(path), names)
+        bases = set()
+        for n in _ANCHORS:
+            runtime = int(_ffi.cast("uintptr_t", _ffi.addressof(raw, n)))
+            # cffi's out-of-line API mode hands out its wrapper; an ABI-mode build, the function
+            link = syms.get(f"_cffi_d_{n}".encode()) or syms.get(n.encode())
+            if link is None:
+                raise LookupError(f"{n} is not in the symbol table")
+            bases.add(runtime - link)
+        if len(bases) != 1:
+            raise LookupError("the symbol table does not match the loaded library")
+        base = bases.pop()
+        absent = [n for n in _WANTED if n.encode() not in syms]
+        if absent:
+            raise LookupError(", ".join(absent) + " not in the symbol table")
+        _fns = {
+            "SSL_CTX_set_num_tickets": _ffi.cast(
+                "int (*)(SSL_CTX *, size_t)", base + syms[b"SSL_CTX_set_num_tickets"]),
+            "SSL_CTX_ctrl": _ffi.cast(
+                "long (*)(SSL_CTX *, int, long, void *)", base + syms[b"SSL_CTX_ctrl"]),
+        }
+    except (ImportError, AttributeError, OSError, ValueError, LookupError, struct.error,
+            TypeError, _ffi.error) as exc:
+        _why = f"OpenSSL's {', '.join(_WANTED)} not found in cryptography's library: {exc}"
+        _fns = {}
+    return _fns
+
+
+def missing() -> str:
+    """"" when the functions were found, else why not (for the start-up log)."""
+    _load()
+    return _why
+
+
+def set_num_tickets(ctx: Any, n: int) -> bool:
+    """``SSL_CTX_set_num_tickets`` on a pyOpenSSL ``SSL.Context``; False when unavailable."""
+    fn = _load().get("SSL_CTX_set_num_tickets")
+    return fn is not None and fn(ctx._context, n) == 1
+
+
+def set_ticket_keys(ctx: Any, key: bytes) -> bool:
+    """Install ``key`` (:data:`TICKET_KEY_LEN` bytes) as the context's session-ticket key;
+    False when unavailable."""
+    if len(key) != TICKET_KEY_LEN:
+        raise ValueError(f"a ticket key is {TICKET_KEY_LEN} bytes")
+    fn = _load().get("SSL_CTX_ctrl")
+    if fn is None:
+        return False
+    buf = _ffi.new("unsigned char[]", key)
+    try:
+        return int(fn(ctx._context, _CTRL_SET_TICKET_KEYS, TICKET_KEY_LEN, buf)) == 1
+    finally:
+        _ffi.memmove(buf, b"\0" * TICKET_KEY_LEN, TICKET_KEY_LEN)
+
+
+def ticket_keys_of(ctx: Any) -> bytes | None:
+    """The context's current ticket key (tests compare contexts with it), or None."""
+    fn = _load().get("SSL_CTX_ctrl")
+    if fn is None:
+        return None
+    buf = _ffi.new("unsigned char[]", TICKET_KEY_LEN)
+    if int(fn(ctx._context, _CTRL_GET_TICKET_KEYS, TICKET_KEY_LEN, buf)) != 1:
+        return None
+    return bytes(_ffi.buffer(buf, TICKET_KEY_LEN))
