@@ -293,12 +293,14 @@ async def test_listeners_sum_worker_counters(env: Env) -> None:
         st.accepted += n
         st.handshakes["ok", "TLSv1.3"] += n
         st.handshakes["failed", "-"] += 1
+        st.resumed += n - 1
         st.refusals["access_denied"] += 1
         st.handshake_failures["unknown_ca"] += 1
     doc = await env.get("/api/v1/listeners")
     (lst,) = doc["data"]
     assert lst["listener"] == "ssl:default" and lst["accepted"] == 5
     assert lst["handshakes_ok"] == 5 and lst["handshakes_failed"] == 2
+    assert lst["handshakes_resumed"] == 3
     assert lst["refusals"] == {"access_denied": 2}
     assert lst["handshake_failures"] == {"unknown_ca": 2}
     assert lst["upstream_address"] == "127.0.0.1:1883" and lst["running"] is True
@@ -548,6 +550,7 @@ async def test_metrics_parse_and_carry_the_counters(env: Env) -> None:
     st.ciphers["TLS_AES_128_GCM_SHA256"] = 3
     st.groups["X25519MLKEM768"] = 2
     st.groups["x25519"] = 1
+    st.resumed = 2
     st.refusals["banned"] = 2
     for s in (0.0004, 0.003, 0.2):
         st.observe_handshake(s)
@@ -571,6 +574,7 @@ async def test_metrics_parse_and_carry_the_counters(env: Env) -> None:
     assert value("tlsgate_handshake_failures", reason="unknown_ca") == 1
     assert value("tlsgate_handshake_groups", group="X25519MLKEM768") == 2
     assert value("tlsgate_handshake_groups", group="x25519") == 1
+    assert value("tlsgate_handshakes_resumed", listener="ssl:default") == 2
     assert value("tlsgate_refusals", reason="banned") == 2
     assert value("tlsgate_connections", listener="ssl:default") == 1
     assert value("tlsgate_bytes", direction="client_to_broker") == 100

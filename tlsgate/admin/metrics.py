@@ -69,6 +69,7 @@ class _Sum:
         self.handshakes: Counter[tuple[str, str, str]] = Counter()
         self.ciphers: Counter[tuple[str, str]] = Counter()
         self.groups: Counter[tuple[str, str]] = Counter()
+        self.resumed: Counter[str] = Counter()
         self.failures: Counter[tuple[str, str]] = Counter()
         self.refusals: Counter[tuple[str, str]] = Counter()
         self.bytes: Counter[tuple[str, str]] = Counter()
@@ -88,6 +89,7 @@ class _Sum:
                 self.ciphers[label, cipher] += n
             for group, n in s["groups"].items():
                 self.groups[label, group] += n
+            self.resumed[label] += s.get("resumed", 0)
             for reason, n in s["handshake_failures"].items():
                 self.failures[label, reason] += n
             for reason, n in s["refusals"].items():
@@ -124,6 +126,7 @@ def sum_listener_stats(stats: Iterable[dict[str, Any]]) -> dict[str, dict[str, A
                              if lb == label and r == "ok"},
             "ciphers": {c: n for (lb, c), n in s.ciphers.items() if lb == label},
             "groups": {g: n for (lb, g), n in s.groups.items() if lb == label},
+            "handshakes_resumed": s.resumed[label],
             "handshake_failures": {r: n for (lb, r), n in s.failures.items() if lb == label},
             "refusals": {r: n for (lb, r), n in s.refusals.items() if lb == label},
             "bytes_in": s.bytes[label, "client_to_broker"],
@@ -202,6 +205,13 @@ class GatewayCollector(Collector):
         for (label, group), n in sorted(s.groups.items()):
             gr.add_metric([label, group], n)
         yield gr
+        rs = CounterMetricFamily("tlsgate_handshakes_resumed",
+                                 "Successful TLS handshakes that resumed a session (ticket); "
+                                 "compare with tlsgate_handshakes_total{result=\"ok\"}.",
+                                 labels=["listener"])
+        for label in s.labels():
+            rs.add_metric([label], s.resumed[label])
+        yield rs
         hf = CounterMetricFamily("tlsgate_handshake_failures",
                                  "Failed TLS handshakes by kind of failure.",
                                  labels=["listener", "reason"])

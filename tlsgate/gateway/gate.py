@@ -334,6 +334,8 @@ class ClientGate(asyncio.BufferedProtocol):
             st.ciphers[rec.cipher] += 1
         if rec.group:
             st.groups[rec.group] += 1
+        if rec.session_reused:
+            st.resumed += 1
         st.observe_handshake(elapsed)
         if self.ctx.opts.verify == "verify_peer":
             cert = sess.peer_certificate()

@@ -35,6 +35,7 @@ class ListenerStats:
     handshakes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (result, version)
     ciphers: Counter[str] = field(default_factory=Counter)
     groups: Counter[str] = field(default_factory=Counter)                   # key exchange
+    resumed: int = 0               # successful handshakes that resumed a session
     handshake_failures: Counter[str] = field(default_factory=Counter)       # reason class
     refusals: Counter[str] = field(default_factory=Counter)                 # reason
     bytes_in: int = 0

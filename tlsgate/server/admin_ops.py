@@ -151,6 +151,7 @@ def listener_stats(gw: Gateway) -> dict[str, Any]:
             "handshakes": [[r, v, n] for (r, v), n in st.handshakes.items()],
             "ciphers": dict(st.ciphers),
             "groups": dict(st.groups),
+            "resumed": st.resumed,
             "handshake_failures": dict(st.handshake_failures),
             "refusals": dict(st.refusals),
             "bytes_in": st.bytes_in + lb[0],
