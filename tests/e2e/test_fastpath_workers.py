@@ -256,3 +256,27 @@ def test_a_session_resumes_on_every_worker_and_after_a_reload(
         _resume_once(port, ctx, f"res-after-{i}", session)
     wait_for(lambda: g.count_log(r"resumed=True .*clientid=res-after-") == 6, 10,
              "six resumed access lines after the reload")
+
+
+def test_nodes_sharing_a_ticket_secret_file_resume_each_others_sessions(
+        pki: Pki, broker: Mosquitto, make_gate: GateFactory, tmp_path: Path) -> None:
+    """node.session_ticket_secret_file: two nodes (two `tlsgate serve` processes, as two
+    machines behind a load balancer, or one node before and after a restart) given the same
+    file accept each other's tickets; a node without it does not."""
+    secret = tmp_path / "tickets.key"
+    secret.write_bytes(os.urandom(48))
+    secret.chmod(0o600)
+    ports = [free_port() for _ in range(3)]
+    for i, p in enumerate(ports):
+        node = f'session_ticket_secret_file = "{secret}"\n' if i < 2 else ""
+        # the same listener name on every node: keys are per listener
+        make_gate(base_toml(broker.port, node=node) + listener_toml("edge", p, pki), [p],
+                  name=f"node{i}")
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    session = _resume_once(ports[0], ctx, "node-a", None)
+    assert session is not None and session.has_ticket
+    _resume_once(ports[1], ctx, "node-b", session)       # asserts session_reused
+    with socket.create_connection(("127.0.0.1", ports[2])) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        assert not tls.session_reused

@@ -15,7 +15,12 @@ from tests.certkit import Pki
 from tests.unit.test_engine import Peer
 from tlsgate.config.schema import ServerSslOptions
 from tlsgate.tls import unbound
-from tlsgate.tls.context import ServerContext, build_server_context, ticket_key
+from tlsgate.tls.context import (
+    ServerContext,
+    build_server_context,
+    load_ticket_secret,
+    ticket_key,
+)
 from tlsgate.tls.engine import INBUF
 
 SECRET = bytes(range(32))
@@ -106,3 +111,40 @@ def test_reuse_sessions_false_sends_no_tickets(pki: Pki) -> None:
     off = _connect(pki, build_server_context(_opts(pki, reuse_sessions=False), "listeners.ssl.t",
                                              ticket_secret=SECRET), cctx)
     assert off.cli.session is None or not off.cli.session.has_ticket
+
+
+def test_ticket_secret_file_is_read_hashed_and_checked(tmp_path: Path) -> None:
+    good = tmp_path / "tickets.key"
+    good.write_bytes(bytes(range(48)))
+    good.chmod(0o600)
+    same = tmp_path / "copy.key"
+    same.write_bytes(good.read_bytes())
+    secret = load_ticket_secret(str(good))
+    assert len(secret) == 32 and secret == load_ticket_secret(str(same))
+    assert bytes(range(48)) not in secret  # hashed, not the file's bytes
+    short = tmp_path / "short.key"
+    short.write_bytes(b"x" * 31)
+    with pytest.raises(ValueError, match=r"holds 31 bytes; at least 32 random bytes"):
+        load_ticket_secret(str(short))
+    with pytest.raises(ValueError, match=r"cannot read .*missing.key"):
+        load_ticket_secret(str(tmp_path / "missing.key"))
+
+
+def test_check_config_names_a_bad_ticket_secret_file(pki: Pki, tmp_path: Path) -> None:
+    from tlsgate.config.check import check
+
+    short = tmp_path / "short.key"
+    short.write_bytes(b"too short")
+    cfg = tmp_path / "tlsgate.toml"
+    cfg.write_text(f"""
+[node]
+session_ticket_secret_file = "{short}"
+[listeners.ssl.t]
+bind = "127.0.0.1:0"
+[listeners.ssl.t.ssl_options]
+certfile = "{pki.server.cert}"
+keyfile = "{pki.server.key}"
+""")
+    problems = check(str(cfg))
+    assert any(p.startswith("node.session_ticket_secret_file") and "holds 9 bytes" in p
+               for p in problems), problems

@@ -123,6 +123,14 @@ ZH: dict[str, tuple[str, str]] = {
     "node.shutdown_timeout": (
         "On SIGTERM: how long live connections may drain before they are closed.",
         "收到 SIGTERM 后，允许现有连接自然结束的时长，超时后关闭。"),
+    "node.session_ticket_secret_file": (
+        "File of at least 32 random bytes the TLS session-ticket keys are derived from, so "
+        "that sessions also resume on other nodes given the same file and after a restart "
+        "(`head -c 48 /dev/urandom > FILE; chmod 600 FILE`; re-read on reload). Empty: a "
+        "random secret per node process.",
+        "至少 32 个随机字节的文件，TLS 会话票据密钥由它派生；使用同一文件的其他节点上以及重启之后，"
+        "会话同样可以恢复（`head -c 48 /dev/urandom > FILE; chmod 600 FILE`；重新加载时重新读取）。"
+        "为空：每个节点进程使用随机密钥。"),
     # [log]
     "[log]": (
         "Logging: level, format (text or JSON), the per-connection access log, destination.",

@@ -63,6 +63,11 @@ class NodeConfig(Section):
                                                              "`reload_on_change` is on.")
     shutdown_timeout: Duration = Field(10.0, description="On SIGTERM: how long live connections "
                                                          "may drain before they are closed.")
+    session_ticket_secret_file: str = Field(
+        "", description="File of at least 32 random bytes the TLS session-ticket keys are "
+                        "derived from, so that sessions also resume on other nodes given the same "
+                        "file and after a restart (`head -c 48 /dev/urandom > FILE; chmod 600 "
+                        "FILE`; re-read on reload). Empty: a random secret per node process.")
 
     def worker_count(self) -> int:
         return self.workers or (os.cpu_count() or 1)

@@ -31,7 +31,7 @@ from ..gateway.registry import Registry
 from ..mqtt import Connect, Refusal
 from ..psk_table import PskTable, printable_identity
 from ..tls.client_context import ClientTls, ClientTlsError, build_client_tls
-from ..tls.context import ContextError, ContextHook, build_server_context
+from ..tls.context import ContextError, ContextHook, build_server_context, load_ticket_secret
 from ..tls.engine import TlsError, sweep_bios
 from ..tls.psk import (
     PskResumed,
@@ -124,6 +124,12 @@ class Gateway:
         out: dict[str, tuple[ListenerBase, Any]] = {}
         problems: list[Problem] = []
         hooks = list(self.context_hooks)
+        secret = self.ticket_secret
+        if config.node.session_ticket_secret_file:
+            try:
+                secret = load_ticket_secret(config.node.session_ticket_secret_file)
+            except ValueError as exc:
+                problems.append(Problem("node.session_ticket_secret_file", str(exc)))
         if config.psk_authentication.enable:
             try:
                 require_psk_support()
@@ -135,7 +141,7 @@ class Gateway:
                 continue
             key = f"listeners.ssl.{name}"
             try:
-                ctx = build_server_context(lst.ssl_options, key, hooks, self.ticket_secret)
+                ctx = build_server_context(lst.ssl_options, key, hooks, secret)
                 out[f"ssl:{name}"] = (lst, self.revocation.prepare(key, ctx))
             except ContextError as exc:
                 problems.extend(exc.problems)

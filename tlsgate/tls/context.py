@@ -122,6 +122,25 @@ _ADMISSION_FIELDS = ("cacertfile", "verify", "fail_if_no_peer_cert", "depth", "p
                      "verify_peer_ext_key_usage", "versions", "ciphers")
 
 
+#: The shortest ``node.session_ticket_secret_file`` accepted (bytes).
+TICKET_SECRET_MIN = 32
+
+
+def load_ticket_secret(path: str) -> bytes:
+    """The ticket secret from an operator's file (any content of at least
+    :data:`TICKET_SECRET_MIN` bytes, hashed). Raises ValueError saying what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 16)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) < TICKET_SECRET_MIN:
+        raise ValueError(f"{path} holds {len(data)} bytes; at least {TICKET_SECRET_MIN} random "
+                         f"bytes are needed (head -c 48 /dev/urandom > {path}; chmod 600 {path})")
+    warn_if_world_readable(path, "node.session_ticket_secret_file")
+    return hashlib.sha256(b"tlsgate ticket secret\0" + data).digest()
+
+
 def ticket_key(secret: bytes, key: str, opts: ServerSslOptions) -> bytes:
     """The session-ticket key (name, HMAC key, AES key) for listener ``key``: derived from the
     node's secret, so every worker, and every context a reload builds, has the same one."""
