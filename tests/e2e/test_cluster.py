@@ -75,6 +75,18 @@ class Node:
     def status_of(self) -> dict[str, str]:
         return {n["name"]: n["status"] for n in self.get("/api/v1/cluster/nodes")["nodes"]}
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of this node's /metrics (None: no such sample)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=15) as r:
+            text = r.read().decode()
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items()):
+                    return float(smp.value)
+        return None
+
 
 @dataclass
 class World:
@@ -220,6 +232,14 @@ def test_nodes_join_each_other_from_the_seeds(world: World) -> None:
         assert o["heartbeat_age_s"] is not None and o["heartbeat_age_s"] < 1.5
         assert o["last_heartbeat"] > time.time() - 5
         assert isinstance(o["connections"], int) and o["version"]
+    n1 = world.n("n1")
+    assert n1.metric("tlsgate_cluster_members", state="up") == 2
+    assert n1.metric("tlsgate_cluster_members", state="down") == 0
+    assert n1.metric("tlsgate_cluster_links") == 2
+    assert n1.metric("tlsgate_cluster_member_up", member="n3") == 1
+    age = n1.metric("tlsgate_cluster_member_heartbeat_age_seconds", member="n2")
+    assert age is not None and 0 <= age < 1.5
+    assert n1.metric("tlsgate_cluster_member_events_total", event="joined") == 2
     for n in world.nodes.values():
         log = n.gate.log_text()
         for other in set(world.nodes) - {n.name}:
@@ -238,6 +258,10 @@ def test_psk_added_on_node1_works_through_node3_and_removal_replicates(world: Wo
     assert r.returncode == 0, r.stderr
     world.broker.wait_log(r"New client connected from \S+ as via-n3 \(.*u'dev-new'\)")
     n3.gate.wait_log(r"cluster: PSK identity 'dev-new' added/changed \(change made on node n1")
+    applied = n3.metric("tlsgate_cluster_changes_applied_total", namespace="psk")
+    assert applied is not None and applied >= 1
+    # the identities added through the API are replicated (file entries are each node's own)
+    assert n3.metric("tlsgate_cluster_replicated_keys", namespace="psk") == 1
     assert KEY_NEW not in n3.gate.log_text() and KEY_NEW not in n1.gate.log_text()
     # an identity added to node 1's file (reload) is usable through node 3 too
     n1.gate.config.write_text(n1.gate.config.read_text().replace(
@@ -334,6 +358,9 @@ def test_node2_killed_is_reported_down_and_catches_up_when_it_returns(world: Wor
     print(f"n2 reported down by n1 and n3 after {took:.2f}s")
     assert took < 5.0, f"reported down after {took:.1f}s"
     n1.gate.wait_log(r"cluster: node n2 is down \(no heartbeat for")
+    assert n1.metric("tlsgate_cluster_member_up", member="n2") == 0
+    assert n1.metric("tlsgate_cluster_members", state="down") == 1
+    assert n1.metric("tlsgate_cluster_member_events_total", event="down") == 1
     doc = n3.get("/api/v1/cluster/nodes")
     (n2_view,) = [x for x in doc["nodes"] if x["name"] == "n2"]
     assert n2_view["down_reason"] and n2_view["connections"] is None

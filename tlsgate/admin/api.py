@@ -663,13 +663,15 @@ async def gather_snapshot(node: Any, bans: NodeBans) -> Snapshot:
             if p is not None:
                 procs.append(("worker", str(w["index"]), p))
     last = node.last_reload
+    cluster_metrics = getattr(getattr(node, "cluster", None), "metrics", None)
     return Snapshot(
         node=node.config.node.name, started_at=node.started_at, workers=workers, procs=procs,
         stats=stats_ok, worker_errors=len(stats_err),
         certs=certs_ok[0][1] if certs_ok else [],
         revocation=rev if rev.get("configured") else None,
         bans=len(bans.list()),
-        reload_ok=getattr(last, "ok", None) if last is not None else None)
+        reload_ok=getattr(last, "ok", None) if last is not None else None,
+        cluster=cluster_metrics() if callable(cluster_metrics) else None)
 
 
 async def metrics(request: web.Request) -> web.Response:

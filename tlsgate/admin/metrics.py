@@ -53,6 +53,8 @@ class Snapshot:
     bans: int = 0
     reload_ok: bool | None = None
     reload_time: float | None = None
+    #: ClusterService.metrics() when [cluster] is enabled.
+    cluster: dict[str, Any] | None = None
 
 
 def _le(bound: float) -> str:
@@ -137,6 +139,48 @@ def sum_listener_stats(stats: Iterable[dict[str, Any]]) -> dict[str, dict[str, A
     return out
 
 
+def _cluster_metrics(c: dict[str, Any]) -> Iterator[Metric]:
+    """[cluster]: the other nodes as this one sees them, links, replicated state."""
+    states = GaugeMetricFamily("tlsgate_cluster_members",
+                               "Other cluster nodes by state as seen from this node "
+                               "(joining: configured, never heard).", labels=["state"])
+    by_state = Counter(m["state"] for m in c["members"])
+    for state in ("up", "down", "joining"):
+        states.add_metric([state], by_state.get(state, 0))
+    yield states
+    up = GaugeMetricFamily("tlsgate_cluster_member_up", "1 if the node is up, else 0.",
+                           labels=["member"])
+    age = GaugeMetricFamily("tlsgate_cluster_member_heartbeat_age_seconds",
+                            "Seconds since this node last heard from the member.",
+                            labels=["member"])
+    for m in c["members"]:
+        up.add_metric([m["name"]], 1 if m["state"] == "up" else 0)
+        if m["heartbeat_age_s"] is not None:
+            age.add_metric([m["name"]], m["heartbeat_age_s"])
+    yield up
+    yield age
+    yield GaugeMetricFamily("tlsgate_cluster_links", "Open node-to-node TLS links.",
+                            value=c["links"])
+    keys = GaugeMetricFamily("tlsgate_cluster_replicated_keys",
+                             "Replicated entries held (including removals kept as tombstones).",
+                             labels=["namespace"])
+    for ns, n in sorted(c["keys"].items()):
+        keys.add_metric([ns], n)
+    yield keys
+    applied = CounterMetricFamily("tlsgate_cluster_changes_applied",
+                                  "Changes made on other nodes and applied here.",
+                                  labels=["namespace"])
+    for ns, n in sorted(c["applied"].items()):
+        applied.add_metric([ns], n)
+    yield applied
+    events = CounterMetricFamily("tlsgate_cluster_member_events",
+                                 "Membership events (joined, back, restarted, down).",
+                                 labels=["event"])
+    for kind, n in sorted(c["events"].items()):
+        events.add_metric([kind], n)
+    yield events
+
+
 class GatewayCollector(Collector):
     """Renders the current :class:`Snapshot` (set by :func:`render` just before rendering)."""
 
@@ -170,6 +214,8 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("tlsgate_scrape_worker_errors",
                                 "Workers that did not answer this scrape.",
                                 value=snap.worker_errors)
+        if snap.cluster is not None:
+            yield from _cluster_metrics(snap.cluster)
 
         cur = GaugeMetricFamily("tlsgate_connections",
                                 "Open client connections (accepted, not yet closed).",

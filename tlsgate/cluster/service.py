@@ -44,6 +44,7 @@ import secrets
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
@@ -139,6 +140,9 @@ class ClusterService:
         self._skew_warned: set[str] = set()
         self._warned: dict[str, float] = {}
         self._psk_hooked: Any = None
+        #: For /metrics: remote changes applied here, by namespace; membership events by kind.
+        self.applied: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
         self.replicator = Replicator([PskNamespace(lambda: getattr(node, "psk", None)),
                                       BanNamespace(lambda: getattr(node, "bans", None))])
         # the bans: the admin service made the list when the dashboard is on; else we do
@@ -579,6 +583,7 @@ class ClusterService:
         changed = self.replicator.apply(msg, link.peer)
         if not changed:
             return
+        self.applied[msg.ns] += len(changed)
         self._log_changes(msg.ns, changed, link.peer)
         if msg.ns == "bans":
             self._schedule_ban_push()
@@ -693,6 +698,7 @@ class ClusterService:
 
     def _report(self, events: list[Event], link: Link | None) -> None:
         for ev in events:
+            self.events[ev.kind] += 1
             if ev.kind == "joined":
                 log.info("cluster: node %s joined (%s, certificate %s)", ev.name,
                          self.membership.members[ev.name].address,
@@ -794,6 +800,17 @@ class ClusterService:
         return result
 
     # ================================================================== views
+    def metrics(self) -> dict[str, Any]:
+        """What /metrics shows about the cluster (cheap, synchronous: no peer is asked)."""
+        now_m = time.monotonic()
+        members = [{"name": name, "state": m.state, "linked": name in self.links,
+                    "heartbeat_age_s": (now_m - m.last_heard) if m.last_heard else None}
+                   for name, m in sorted(self.membership.members.items())]
+        keys = {ns.name: len(ns.versions()) for ns in self.replicator.namespaces.values()
+                if ns.available()}
+        return {"members": members, "links": len(self.links), "keys": keys,
+                "applied": dict(self.applied), "events": dict(self.events)}
+
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node: this one first, then the members by name."""
         now_m, now = time.monotonic(), time.time()
