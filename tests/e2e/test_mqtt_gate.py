@@ -451,30 +451,35 @@ def test_access_log_names_the_key_exchange_group(pki: Pki, broker: Mosquitto,
     assert b"handshake failure" in bad.stdout or b"alert" in bad.stdout, bad.stdout
 
 
-@pytest.mark.parametrize("reuse", [True, False])
-def test_session_resumption_follows_reuse_sessions(reuse: bool, pki: Pki, broker: Mosquitto,
-                                                   make_gate: GateFactory, tmp_path: Path) -> None:
-    """ssl_options.reuse_sessions: with it on (the default) a client that saved the ticket of
-    its first connection resumes on the second (s_client says "Reused", the access log
-    resumed=True); with it off the server sends no ticket at all, so there is nothing to
-    resume with (s_client writes -sess_out only when a TLS 1.3 ticket arrives)."""
+@pytest.mark.parametrize(("extra", "tickets"), [("", 1), ("session_tickets = 2\n", 2),
+                                                ("reuse_sessions = false\n", 0)],
+                         ids=["default", "two-tickets", "reuse-off"])
+def test_session_resumption_follows_reuse_sessions(extra: str, tickets: int, pki: Pki,
+                                                   broker: Mosquitto, make_gate: GateFactory,
+                                                   tmp_path: Path) -> None:
+    """ssl_options.reuse_sessions / session_tickets: by default one TLS 1.3 ticket follows a
+    full handshake and a client that saved it resumes on its next connection (s_client says
+    "Reused", the access log resumed=True); session_tickets = 2 sends two; with
+    reuse_sessions = false none is sent, so there is nothing to resume with (s_client writes
+    -sess_out only when a ticket arrives)."""
     port = free_port()
-    cfg = base_toml(broker.port) + listener_toml(
-        "rs", port, pki, extra_ssl="" if reuse else "reuse_sessions = false\n")
+    cfg = base_toml(broker.port) + listener_toml("rs", port, pki, extra_ssl=extra)
     g = make_gate(cfg, [port])
     sess = tmp_path / "session.pem"
+    reuse = tickets > 0
     flags = [("-sess_out", 0), ("-sess_in", 1)] if reuse else [("-sess_out", 0)]
     outs = []
     for flag, i in flags:
         # a real CONNECT, so that the CONNACK (with the deferred tickets) comes back
-        connect = encode_connect(protocol_level=4, client_id=f"resume-{reuse}-{i}".encode())
+        connect = encode_connect(protocol_level=4, client_id=f"resume-{tickets}-{i}".encode())
         out = s_client(port, flag, str(sess), "-CAfile", str(pki.ca_pem), data=connect, hold=1.0)
         outs.append(out.stdout.decode(errors="replace"))
-        g.wait_log(rf"connection closed .*clientid=resume-{reuse}-{i} ")
+        g.wait_log(rf"connection closed .*clientid=resume-{tickets}-{i} ")
     assert "New, TLSv1.3" in outs[0], outs[0]
-    assert g.count_log(rf"resumed=False .*clientid=resume-{reuse}-0 ") == 1
-    assert ("New Session Ticket arrived" in outs[0]) == reuse, outs[0]
+    assert g.count_log(rf"resumed=False .*clientid=resume-{tickets}-0 ") == 1
+    assert outs[0].count("New Session Ticket arrived") == tickets, outs[0]
     assert sess.exists() == reuse
     if reuse:
         assert "Reused, TLSv1.3" in outs[1], outs[1]
-        assert g.count_log(r"resumed=True .*clientid=resume-True-1 ") == 1
+        assert g.count_log(rf"resumed=True .*clientid=resume-{tickets}-1 ") == 1
+        assert outs[1].count("New Session Ticket arrived") == 1, outs[1]  # one per resumption

@@ -186,6 +186,10 @@ class ServerSslOptions(Section):
     reuse_sessions: bool = Field(True, description=(
         "TLS session resumption by session ticket; the ticket keys are shared by every worker "
         "of the node and kept across reloads. `false`: no tickets are sent."))
+    session_tickets: int = Field(1, ge=0, le=10, description=(
+        "TLS 1.3 session tickets sent after a full handshake (one follows each resumed one). An "
+        "MQTT client holds one connection and uses one ticket per reconnect, so 1 suffices; "
+        "OpenSSL's default of 2 costs ~35 µs of CPU and ~250 bytes more per connection."))
     alpn: list[str] = Field(default_factory=list, description="ALPN protocols offered, e.g. "
                                                               "[\"mqtt\"]; empty = no ALPN.")
     sni: list[SniEntry] = Field(default_factory=list, description="Extra certificates chosen by "

@@ -181,8 +181,10 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
     if not opts.reuse_sessions:
         # TLS 1.3 would still get two session-id tickets that can never resume
         unbound.set_num_tickets(ctx, 0)
-    elif tickets is not None:
-        unbound.set_ticket_keys(ctx, tickets)
+    else:
+        unbound.set_num_tickets(ctx, opts.session_tickets)
+        if tickets is not None:
+            unbound.set_ticket_keys(ctx, tickets)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     # pyOpenSSL turns partial writes on for every context it makes; the engine writes whole
     # chunks into a memory BIO (which never blocks) with one SSL_write, so it must be off:
