@@ -257,18 +257,21 @@ def status(ctx: click.Context) -> None:
 @ctl.command()
 @click.pass_context
 def listeners(ctx: click.Context) -> None:
-    """Listeners with their counters: open, accepted, handshakes, refusals, bytes."""
+    """Listeners with their counters: open, accepted, handshakes (resumed among them),
+    refusals, bytes."""
     doc = _run(ctx, "GET", "/api/v1/listeners")
     if _client(ctx).as_json:
         _emit_json(doc)
         return
     rows = [[x["listener"], x["bind"], x.get("upstream_address"), x.get("verify"),
              x.get("active", 0), x.get("accepted", 0), x.get("handshakes_ok", 0),
-             x.get("handshakes_failed", 0), sum((x.get("refusals") or {}).values()),
+             x.get("handshakes_resumed", 0), x.get("handshakes_failed", 0),
+             sum((x.get("refusals") or {}).values()),
              human_bytes(x.get("bytes_in")), human_bytes(x.get("bytes_out"))]
             for x in doc["data"]]
     click.echo(table(["listener", "bind", "upstream", "verify", "open", "accepted", "hs ok",
-                      "hs failed", "refused", "in", "out"], rows, {4, 5, 6, 7, 8, 9, 10}))
+                      "resumed", "hs failed", "refused", "in", "out"], rows,
+                     {4, 5, 6, 7, 8, 9, 10, 11}))
     reasons = [[x["listener"], kind, r, n] for x in doc["data"]
                for kind, key in (("refusal", "refusals"), ("handshake", "handshake_failures"))
                for r, n in sorted((x.get(key) or {}).items())]

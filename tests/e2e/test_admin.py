@@ -286,6 +286,22 @@ def test_metrics_parse_and_count_a_refused_handshake(gate: Gate, pki: Pki) -> No
                       "tlsgate_handshake_duration_seconds_count", listener="ssl:oneway") \
         == hist + 1
     assert api.metric("tlsgate_connections_accepted", listener="ssl:oneway") >= 1
+    # a resumed session is counted (on either of the two workers: they share ticket keys)
+    resumed = api.metric("tlsgate_handshakes_resumed", listener="ssl:oneway")
+    cctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    cctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    session = None
+    for i in range(3):
+        with socket.create_connection(("127.0.0.1", gate.one)) as raw, \
+                cctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+            tls.sendall(b"\x10\x12\x00\x04MQTT\x04\x02\x00\x3c\x00\x06" + f"resum{i}".encode())
+            assert tls.recv(4) == b"\x20\x02\x00\x00"
+            assert tls.session_reused == (i > 0)
+            session = tls.session
+    wait_for(lambda: api.metric("tlsgate_handshakes_resumed", listener="ssl:oneway")
+             == resumed + 2, 10, "two resumed handshakes counted")
+    (view,) = [x for x in api.get("/api/v1/listeners")["data"] if x["listener"] == "ssl:oneway"]
+    assert view["handshakes_resumed"] >= 2
     assert api.metric("tlsgate_certificate_days_to_expiry", listener="ssl:oneway",
                       position="leaf") > 300
     # CPU and memory of the node and of both workers
@@ -324,6 +340,7 @@ def test_ctl_status_certs_and_listeners_tables(gate: Gate, pki: Pki) -> None:
     assert leaf["serial"] == format(pki.server.serial, "x") and leaf["status"] == "ok"
     out = ctl(gate, "listeners")
     assert out.returncode == 0 and "hs failed" in out.stdout and "ssl:mtls" in out.stdout
+    assert "resumed" in out.stdout.splitlines()[0]
     out = ctl(gate, "psk", "list")
     assert out.returncode == 0 and "not enabled" in out.stdout
     # a wrong token: a clear message and exit status 1
