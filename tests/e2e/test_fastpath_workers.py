@@ -280,3 +280,38 @@ def test_nodes_sharing_a_ticket_secret_file_resume_each_others_sessions(
     with socket.create_connection(("127.0.0.1", ports[2])) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
         assert not tls.session_reused
+
+
+def test_ticket_keys_rotate_on_every_worker_at_the_period_boundary(
+        pki: Pki, broker: Mosquitto, make_gate: GateFactory) -> None:
+    """node.session_ticket_key_rotation = 2s on a two-worker node: within a period a session
+    resumes on both workers; after the boundary (every worker re-keys at the same instant) the
+    old ticket does not resume anywhere and the new period's tickets do."""
+    port = free_port()
+    cfg = base_toml(broker.port, node='session_ticket_key_rotation = "2s"\n').replace(
+        "workers = 1", "workers = 2") + listener_toml("rot", port, pki)
+    g = make_gate(cfg, [port])
+    wait_for(lambda: len(g.worker_pids()) == 2, 10, "two workers")
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+
+    def start_of_period() -> None:  # 0.1-0.6 s after a boundary: the re-key timers have run
+        while not 0.1 < time.time() % 2.0 < 0.6:
+            time.sleep(0.02)
+
+    start_of_period()
+    old = _resume_once(port, ctx, "rot-old", None)
+    for i in range(6):  # both workers (kernel hash of the source port), same period
+        _resume_once(port, ctx, f"rot-same-{i}", old)
+    assert time.time() % 2.0 < 1.9, "the checks above ran into the next period"
+    time.sleep(1.0)
+    start_of_period()
+    for i in range(6):
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost", session=old) as tls:
+            assert not tls.session_reused, f"old ticket resumed after the boundary ({i})"
+    new = _resume_once(port, ctx, "rot-new", None)
+    for i in range(6):
+        _resume_once(port, ctx, f"rot-new-{i}", new)
+    assert time.time() % 2.0 < 1.9, "the checks above ran into the next period"
+    assert g.count_log(r"Traceback") == 0

@@ -6,6 +6,7 @@ bundled OpenSSL against CPython's ssl (the system OpenSSL) over memory BIOs."""
 from __future__ import annotations
 
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tlsgate.tls.context import (
     ServerContext,
     build_server_context,
     load_ticket_secret,
+    ticket_epoch,
     ticket_key,
 )
 from tlsgate.tls.engine import INBUF
@@ -148,3 +150,35 @@ keyfile = "{pki.server.key}"
     problems = check(str(cfg))
     assert any(p.startswith("node.session_ticket_secret_file") and "holds 9 bytes" in p
                for p in problems), problems
+
+
+def test_ticket_keys_rotate_by_period(pki: Pki) -> None:
+    """node.session_ticket_key_rotation: the key is a function of the clock period, so every
+    worker and node changes it at the same instant; after ServerContext.rekey a ticket from
+    the period before no longer resumes, one from the new period does."""
+    assert ticket_epoch(1000.0, 0) == 0 and ticket_epoch(1000.0, 300.0) == 3
+    opts = _opts(pki)
+    assert ticket_key(SECRET, "listeners.ssl.t", opts, 7) == \
+        ticket_key(SECRET, "listeners.ssl.t", opts, 7)
+    assert ticket_key(SECRET, "listeners.ssl.t", opts, 7) != \
+        ticket_key(SECRET, "listeners.ssl.t", opts, 8)
+    while True:  # not across a period boundary of the 1-hour rotation
+        before = ticket_epoch(time.time(), 3600.0)
+        ctx = build_server_context(opts, "listeners.ssl.t", ticket_secret=SECRET,
+                                   ticket_rotation=3600.0)
+        if ticket_epoch(time.time(), 3600.0) == before:
+            break
+    assert unbound.ticket_keys_of(ctx.ctx) == ticket_key(SECRET, "listeners.ssl.t", opts, before)
+    assert ctx.rekey is not None
+    cctx = _client_ctx(pki)
+    old = _connect(pki, ctx, cctx).cli.session
+    ctx.rekey(before + 1)
+    assert unbound.ticket_keys_of(ctx.ctx) == ticket_key(SECRET, "listeners.ssl.t", opts,
+                                                         before + 1)
+    assert not _connect(pki, ctx, cctx, old).cli.session_reused
+    new = _connect(pki, ctx, cctx).cli.session
+    assert _connect(pki, ctx, cctx, new).cli.session_reused
+    # no secret or no resumption: OpenSSL's own keys, nothing to rotate
+    assert build_server_context(opts, "listeners.ssl.t").rekey is None
+    assert build_server_context(_opts(pki, reuse_sessions=False), "listeners.ssl.t",
+                                ticket_secret=SECRET).rekey is None

@@ -131,6 +131,14 @@ ZH: dict[str, tuple[str, str]] = {
         "至少 32 个随机字节的文件，TLS 会话票据密钥由它派生；使用同一文件的其他节点上以及重启之后，"
         "会话同样可以恢复（`head -c 48 /dev/urandom > FILE; chmod 600 FILE`；重新加载时重新读取）。"
         "为空：每个节点进程使用随机密钥。"),
+    "node.session_ticket_key_rotation": (
+        "Session-ticket keys change at every multiple of this on the clock (the same instant "
+        "on every worker and node), so a leaked key exposes at most one period of TLS 1.2 "
+        "resumptions; a ticket from the period before no longer resumes (one full handshake). "
+        "0 = never.",
+        "会话票据密钥在时钟上每到该时长的整数倍时更换（所有 worker 和节点在同一时刻更换），"
+        "因此泄露的密钥最多暴露一个周期内的 TLS 1.2 会话恢复；上一周期的票据不再能恢复"
+        "（客户端做一次完整握手）。0 = 从不更换。"),
     # [log]
     "[log]": (
         "Logging: level, format (text or JSON), the per-connection access log, destination.",

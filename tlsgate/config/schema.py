@@ -68,6 +68,12 @@ class NodeConfig(Section):
                         "derived from, so that sessions also resume on other nodes given the same "
                         "file and after a restart (`head -c 48 /dev/urandom > FILE; chmod 600 "
                         "FILE`; re-read on reload). Empty: a random secret per node process.")
+    session_ticket_key_rotation: Duration = Field(
+        86400.0, description="Session-ticket keys change at every multiple of this on the "
+                             "clock (the same instant on every worker and node), so a leaked "
+                             "key exposes at most one period of TLS 1.2 resumptions; a ticket "
+                             "from the period before no longer resumes (one full handshake). "
+                             "0 = never.")
 
     def worker_count(self) -> int:
         return self.workers or (os.cpu_count() or 1)

@@ -31,7 +31,13 @@ from ..gateway.registry import Registry
 from ..mqtt import Connect, Refusal
 from ..psk_table import PskTable, printable_identity
 from ..tls.client_context import ClientTls, ClientTlsError, build_client_tls
-from ..tls.context import ContextError, ContextHook, build_server_context, load_ticket_secret
+from ..tls.context import (
+    ContextError,
+    ContextHook,
+    build_server_context,
+    load_ticket_secret,
+    ticket_epoch,
+)
 from ..tls.engine import TlsError, sweep_bios
 from ..tls.psk import (
     PskResumed,
@@ -108,6 +114,35 @@ class Gateway:
         self.psk_table = PskTable()
         self.revocation.on_revoked(self._close_revoked)
         self._sweeper: asyncio.TimerHandle | None = None
+        self._rekeyer: asyncio.TimerHandle | None = None
+
+    def _schedule_rekey(self) -> None:
+        """Arm a timer for the next ticket-key period boundary (node.session_ticket_key_rotation;
+        the same wall-clock instant in every worker and on every node)."""
+        if self._rekeyer is not None:
+            self._rekeyer.cancel()
+            self._rekeyer = None
+        rotation = self.config.node.session_ticket_key_rotation
+        if rotation <= 0:
+            return
+        now = time.time()
+        wait = (ticket_epoch(now, rotation) + 1) * rotation - now
+        self._rekeyer = asyncio.get_running_loop().call_later(wait + 0.01, self._rekey)
+
+    def _rekey(self) -> None:
+        """A new ticket-key period: every listener's contexts get its key (tickets issued in the
+        period before stop resuming: those clients do one full handshake)."""
+        self._rekeyer = None
+        epoch = ticket_epoch(time.time(), self.config.node.session_ticket_key_rotation)
+        for label, run in self.listeners.items():
+            rekey = getattr(run.rt.context, "rekey", None)
+            if rekey is not None:
+                try:
+                    rekey(epoch)
+                except Exception:  # keep the old key rather than take the worker down
+                    log.exception("%s: could not install the new session-ticket key", label)
+        log.debug("session-ticket keys of period %d installed", epoch)
+        self._schedule_rekey()
 
     def _sweep_bios(self) -> None:
         """Every second: give back the BIO buffers of connections whose large transfers are
@@ -141,7 +176,8 @@ class Gateway:
                 continue
             key = f"listeners.ssl.{name}"
             try:
-                ctx = build_server_context(lst.ssl_options, key, hooks, secret)
+                ctx = build_server_context(lst.ssl_options, key, hooks, secret,
+                                           config.node.session_ticket_key_rotation)
                 out[f"ssl:{name}"] = (lst, self.revocation.prepare(key, ctx))
             except ContextError as exc:
                 problems.extend(exc.problems)
@@ -184,6 +220,7 @@ class Gateway:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(BIO_SWEEP_INTERVAL,
                                                                   self._sweep_bios)
+        self._schedule_rekey()
         log.info("tlsgate node %s ready: %s", self.config.node.name,
                  ", ".join(f"{lb} on {r.rt.cfg.bind}" for lb, r in self.listeners.items()))
 
@@ -302,6 +339,8 @@ class Gateway:
         old_auth = self.config.authentication
         self.config = new_config
         self.upstream_tls = built.upstream_tls
+        if self._rekeyer is not None or new_config.node.session_ticket_key_rotation > 0:
+            self._schedule_rekey()  # the period may have changed
         if new_config.authentication != old_auth:
             await self._set_authenticator(built.authenticator)
             changes.append("authentication: new settings")
@@ -351,6 +390,9 @@ class Gateway:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._rekeyer is not None:
+            self._rekeyer.cancel()
+            self._rekeyer = None
         for label in list(self.listeners):
             await self._stop_listener(label)
         deadline = time.monotonic() + self.config.node.shutdown_timeout

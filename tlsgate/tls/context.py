@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,9 @@ class ServerContext:
     guard: Any = None
     #: OCSP staplers of this context's certificates (main first, then SNI entries).
     staplers: tuple[Any, ...] = ()
+    #: Installs the session-ticket key of a period (``ticket_epoch``) in this context and its
+    #: SNI contexts; None when the keys are OpenSSL's own (no secret, or resumption off).
+    rekey: Callable[[int], None] | None = None
 
     def all_chains(self) -> dict[str, list[x509.Certificate]]:
         out = {"": self.chain}
@@ -141,9 +145,15 @@ def load_ticket_secret(path: str) -> bytes:
     return hashlib.sha256(b"tlsgate ticket secret\0" + data).digest()
 
 
-def ticket_key(secret: bytes, key: str, opts: ServerSslOptions) -> bytes:
-    """The session-ticket key (name, HMAC key, AES key) for listener ``key``: derived from the
-    node's secret, so every worker, and every context a reload builds, has the same one."""
+def ticket_epoch(now: float, rotation: float) -> int:
+    """The ticket-key period ``now`` falls in (0 when keys never rotate)."""
+    return int(now // rotation) if rotation > 0 else 0
+
+
+def ticket_key(secret: bytes, key: str, opts: ServerSslOptions, epoch: int = 0) -> bytes:
+    """The session-ticket key (name, HMAC key, AES key) for listener ``key`` in period
+    ``epoch``: derived from the node's secret, so every worker, and every context a reload
+    builds, has the same one."""
     admission = opts.model_dump(include=set(_ADMISSION_FIELDS), mode="json")
     ca = b""
     if opts.cacertfile:
@@ -153,7 +163,7 @@ def ticket_key(secret: bytes, key: str, opts: ServerSslOptions) -> bytes:
         except OSError:
             pass  # the context build reports the file
     info = b"\0".join([b"tlsgate session tickets v1", key.encode(),
-                       repr(sorted(admission.items())).encode(), ca])
+                       repr(sorted(admission.items())).encode(), ca, str(epoch).encode()])
     name = hmac.new(secret, b"name\0" + info, hashlib.sha256).digest()[:16]
     keys = hmac.new(secret, b"keys\0" + info, hashlib.sha512).digest()
     return name + keys
@@ -335,17 +345,20 @@ def _sni_match(pattern: str, name: str) -> bool:
 
 def build_server_context(opts: ServerSslOptions, key: str,
                          hooks: list[ContextHook] | None = None,
-                         ticket_secret: bytes | None = None) -> ServerContext:
+                         ticket_secret: bytes | None = None,
+                         ticket_rotation: float = 0.0) -> ServerContext:
     """Build a listener's context; ``key`` is its config path (``listeners.ssl.default``).
     ``ticket_secret``: the node's secret the session-ticket keys are derived from (None: OpenSSL
-    makes random keys for this context alone).
+    makes random keys for this context alone); ``ticket_rotation``: their period in seconds.
 
     Raises :class:`ContextError` listing every problem, each with its full key.
     """
     c = _Collector(f"{key}.ssl_options")
     session_id = ("tlsgate:" + key).encode()[:32]
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    tickets = ticket_key(ticket_secret, key, opts) if ticket_secret else None
+    epoch = ticket_epoch(time.time(), ticket_rotation)
+    tickets = (ticket_key(ticket_secret, key, opts, epoch)
+               if ticket_secret and opts.reuse_sessions else None)
     verify_cb = _apply_common(ctx, opts, c, session_id, tickets)
     # No certificate: a TLS-PSK-only listener (the config allows it only with PSK enabled).
     chain = (_load_identity(ctx, opts.certfile, opts.keyfile, opts.password, c)
@@ -387,9 +400,19 @@ def build_server_context(opts: ServerSslOptions, key: str,
             c.add("", str(exc))
     if c.problems:
         raise ContextError(c.problems)
+    rekey = None
+    if tickets is not None and ticket_secret is not None:
+        contexts = [ctx, *sni.values()]
+        secret = ticket_secret
+
+        def rekey(period: int) -> None:
+            k = ticket_key(secret, key, opts, period)
+            for one in contexts:
+                unbound.set_ticket_keys(one, k)
+
     return ServerContext(ctx=ctx, chain=chain, certfile=opts.certfile, sni=sni,
                          sni_chains=sni_chains, opts=opts, keepalive=keep,
-                         verify_callback=verify_cb)
+                         verify_callback=verify_cb, rekey=rekey)
 
 
 def sni_entry_names(entries: list[SniEntry]) -> list[str]:
