@@ -803,7 +803,7 @@ class ClusterService:
     def metrics(self) -> dict[str, Any]:
         """What /metrics shows about the cluster (cheap, synchronous: no peer is asked)."""
         now_m = time.monotonic()
-        members = [{"name": name, "state": m.state, "linked": name in self.links,
+        members = [{"name": name, "state": m.state,
                     "heartbeat_age_s": (now_m - m.last_heard) if m.last_heard else None}
                    for name, m in sorted(self.membership.members.items())]
         keys = {ns.name: len(ns.versions()) for ns in self.replicator.namespaces.values()

@@ -339,8 +339,7 @@ class Gateway:
         old_auth = self.config.authentication
         self.config = new_config
         self.upstream_tls = built.upstream_tls
-        if self._rekeyer is not None or new_config.node.session_ticket_key_rotation > 0:
-            self._schedule_rekey()  # the period may have changed
+        self._schedule_rekey()  # the period may have changed
         if new_config.authentication != old_auth:
             await self._set_authenticator(built.authenticator)
             changes.append("authentication: new settings")

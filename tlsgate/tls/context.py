@@ -188,13 +188,10 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
     # cache insert (~5 % of the handshake measured). nginx's default is the same.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_options(options)
-    if not opts.reuse_sessions:
-        # TLS 1.3 would still get two session-id tickets that can never resume
-        unbound.set_num_tickets(ctx, 0)
-    else:
-        unbound.set_num_tickets(ctx, opts.session_tickets)
-        if tickets is not None:
-            unbound.set_ticket_keys(ctx, tickets)
+    # reuse off: none at all (TLS 1.3 would still get session-id tickets that never resume)
+    unbound.set_num_tickets(ctx, opts.session_tickets if opts.reuse_sessions else 0)
+    if tickets is not None:  # only built when reuse_sessions is on
+        unbound.set_ticket_keys(ctx, tickets)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     # pyOpenSSL turns partial writes on for every context it makes; the engine writes whole
     # chunks into a memory BIO (which never blocks) with one SSL_write, so it must be off:
