@@ -397,6 +397,12 @@ def build_server_context(opts: ServerSslOptions, key: str,
             c.add("", str(exc))
     if c.problems:
         raise ContextError(c.problems)
+    # A certfile with the leaf alone: complete its chain from the verify store now, once,
+    # instead of OpenSSL doing it in every handshake (unbound.build_cert_chain). After the hooks,
+    # so the store is final. A chain given in the file is sent as it is.
+    for one, its_chain in [(ctx, chain), *((sni[n], sni_chains[n]) for n in sni)]:
+        if len(its_chain) == 1:
+            unbound.build_cert_chain(one)
     rekey = None
     if tickets is not None and ticket_secret is not None:
         contexts = [ctx, *sni.values()]
