@@ -315,3 +315,98 @@ def test_ticket_keys_rotate_on_every_worker_at_the_period_boundary(
         _resume_once(port, ctx, f"rot-new-{i}", new)
     assert time.time() % 2.0 < 1.9, "the checks above ran into the next period"
     assert g.count_log(r"Traceback") == 0
+
+
+def _hold(port: int, ctx: ssl.SSLContext, cid: str) -> ssl.SSLSocket:
+    """A connected MQTT client (CONNECT answered) that stays connected."""
+    tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                          server_hostname="localhost")
+    c = cid.encode()
+    tls.sendall(bytes([0x10, 12 + len(c), 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, len(c)])
+                + c)
+    assert tls.recv(4) == b"\x20\x02\x00\x00"
+    return tls
+
+
+def _ping(tls: ssl.SSLSocket) -> None:
+    """PINGREQ/PINGRESP: the client reads whatever the server sent before (tickets)."""
+    tls.sendall(b"\xc0\x00")
+    assert tls.recv(2) == b"\xd0\x00"
+
+
+def _reused(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession) -> bool:
+    with socket.create_connection(("127.0.0.1", port)) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        return bool(tls.session_reused)
+
+
+def test_connections_held_across_a_key_rotation_get_a_ticket_that_resumes(
+        pki: Pki, broker: Mosquitto, make_gate: GateFactory) -> None:
+    """ssl_options.session_ticket_refresh (default on) with a 2 s key rotation on two workers:
+    connections held across the boundary are sent a ticket made with the new key, which
+    resumes; the ticket from their handshake no longer does (without the refresh a client that
+    stays connected past a rotation holds only a dead ticket)."""
+    port = free_port()
+    cfg = base_toml(broker.port, node='session_ticket_key_rotation = "2s"\n').replace(
+        "workers = 1", "workers = 2") + listener_toml("fresh", port, pki)
+    g = make_gate(cfg, [port])
+    wait_for(lambda: len(g.worker_pids()) == 2, 10, "two workers")
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    while not 0.1 < time.time() % 2.0 < 0.6:
+        time.sleep(0.02)
+    held = [_hold(port, ctx, f"held-{i}") for i in range(6)]
+    try:
+        first = [t.session for t in held]
+        assert all(s is not None and s.has_ticket for s in first)
+        time.sleep(2.0 - time.time() % 2.0 + 0.4)  # into the next period
+        for t in held:
+            _ping(t)
+        fresh = [t.session for t in held]
+        for i, (old, new) in enumerate(zip(first, fresh, strict=True)):
+            assert new is not None and new != old, f"connection {i} got no fresh ticket"
+            assert not _reused(port, ctx, old), f"old ticket {i} resumed after the rotation"
+            assert _reused(port, ctx, new), f"fresh ticket {i} did not resume"
+        assert time.time() % 2.0 < 1.9, "the checks above ran into the next period"
+    finally:
+        for t in held:
+            t.close()
+    assert g.count_log(r"Traceback") == 0
+
+
+def test_long_lived_connections_get_fresh_tickets_before_theirs_expire(
+        pki: Pki, broker: Mosquitto, make_gate: GateFactory) -> None:
+    """ssl_options.session_lifetime = 3s: the client is told 3 s, the ticket from the
+    handshake stops resuming after that, and a connection held longer is sent fresh tickets
+    (every third of the lifetime) that do resume; /metrics counts them."""
+    import urllib.request
+
+    port, api = free_port(), free_port()
+    cfg = (base_toml(broker.port).replace(
+        "[dashboard]\nenable = false\n",
+        f"[dashboard]\nenable = true\nlisten = \"127.0.0.1:{api}\"\ntoken = \"t\"\n")
+        + listener_toml("life", port, pki, extra_ssl='session_lifetime = "3s"\n'))
+    make_gate(cfg, [port, api])
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    t0 = time.time()
+    tls = _hold(port, ctx, "long-lived")
+    try:
+        first = tls.session
+        assert first is not None and first.ticket_lifetime_hint == 3
+        while time.time() - t0 < 4.2:
+            _ping(tls)
+            time.sleep(0.3)
+        fresh = tls.session
+        assert fresh is not None and fresh != first and fresh.ticket_lifetime_hint == 3
+        assert not _reused(port, ctx, first), "a ticket older than session_lifetime resumed"
+        assert _reused(port, ctx, fresh)
+    finally:
+        tls.close()
+    req = urllib.request.Request(f"http://127.0.0.1:{api}/metrics",
+                                 headers={"Authorization": "Bearer t"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        text = r.read().decode()
+    line = next(x for x in text.splitlines()
+                if x.startswith('tlsgate_session_tickets_refreshed_total{listener="ssl:life"}'))
+    assert float(line.split()[-1]) >= 2, line

@@ -182,3 +182,52 @@ def test_ticket_keys_rotate_by_period(pki: Pki) -> None:
     assert build_server_context(opts, "listeners.ssl.t").rekey is None
     assert build_server_context(_opts(pki, reuse_sessions=False), "listeners.ssl.t",
                                 ticket_secret=SECRET).rekey is None
+
+
+def test_session_lifetime_is_what_clients_are_told(pki: Pki) -> None:
+    cctx = _client_ctx(pki)
+    default = _connect(pki, build_server_context(_opts(pki), "listeners.ssl.t"), cctx)
+    assert default.cli.session is not None
+    assert default.cli.session.ticket_lifetime_hint == 86400
+    short = _connect(pki, build_server_context(_opts(pki, session_lifetime="90m"),
+                                               "listeners.ssl.t"), cctx)
+    assert short.cli.session is not None and short.cli.session.ticket_lifetime_hint == 5400
+    with pytest.raises(ValueError, match="less than or equal to 604800"):
+        _opts(pki, session_lifetime="8d")
+
+
+def test_a_fresh_ticket_on_a_live_connection_resumes_after_a_rekey(pki: Pki) -> None:
+    """ServerSession.new_ticket (what the ticket refresher sends): the client's session is
+    replaced by one that resumes under the context's new key, while the one from the
+    handshake no longer does; traffic goes on around it."""
+    ctx = build_server_context(_opts(pki), "listeners.ssl.t", ticket_secret=SECRET,
+                               ticket_rotation=3600.0)
+    assert ctx.rekey is not None
+    cctx = _client_ctx(pki)
+    live = _connect(pki, ctx, cctx)
+    first = live.cli.session
+    assert first is not None and first.has_ticket
+    ctx.rekey(10**6)  # the next period's key
+    assert live.sess.new_ticket()
+    assert len(live.sent) == 1 and 200 < len(live.sent[0]) < 400  # one NewSessionTicket record
+    assert live.client_read() == b""  # the client takes it in; no application data
+    fresh = live.cli.session
+    assert fresh is not None and fresh != first and fresh.has_ticket
+    INBUF[:2] = b"\xd0\x00"
+    live.sent.append(live.sess.encrypt_in(2))
+    assert live.client_read() == b"\xd0\x00"
+    assert live.to_server(live.client_records(b"\xc0\x00")) == b"\xc0\x00"
+    assert not _connect(pki, ctx, cctx, first).cli.session_reused
+    assert _connect(pki, ctx, cctx, fresh).cli.session_reused
+
+
+def test_no_fresh_ticket_on_tls12_or_a_closing_connection(pki: Pki) -> None:
+    ctx = build_server_context(_opts(pki), "listeners.ssl.t", ticket_secret=SECRET)
+    c12 = ssl.create_default_context(cafile=str(pki.ca_pem))
+    c12.maximum_version = ssl.TLSVersion.TLSv1_2
+    old = _connect(pki, ctx, c12)
+    assert not old.sess.new_ticket() and old.sent == []
+    live = _connect(pki, ctx, _client_ctx(pki))
+    live.sess.close_notify()
+    live.sent.clear()
+    assert not live.sess.new_ticket() and live.sent == []

@@ -72,6 +72,7 @@ class _Sum:
         self.ciphers: Counter[tuple[str, str]] = Counter()
         self.groups: Counter[tuple[str, str]] = Counter()
         self.resumed: Counter[str] = Counter()
+        self.tickets_refreshed: Counter[str] = Counter()
         self.failures: Counter[tuple[str, str]] = Counter()
         self.refusals: Counter[tuple[str, str]] = Counter()
         self.bytes: Counter[tuple[str, str]] = Counter()
@@ -92,6 +93,7 @@ class _Sum:
             for group, n in s["groups"].items():
                 self.groups[label, group] += n
             self.resumed[label] += s.get("resumed", 0)
+            self.tickets_refreshed[label] += s.get("tickets_refreshed", 0)
             for reason, n in s["handshake_failures"].items():
                 self.failures[label, reason] += n
             for reason, n in s["refusals"].items():
@@ -258,6 +260,13 @@ class GatewayCollector(Collector):
         for label in s.labels():
             rs.add_metric([label], s.resumed[label])
         yield rs
+        tr = CounterMetricFamily("tlsgate_session_tickets_refreshed",
+                                 "Fresh TLS 1.3 session tickets sent to connections already up "
+                                 "(ssl_options.session_ticket_refresh).",
+                                 labels=["listener"])
+        for label in s.labels():
+            tr.add_metric([label], s.tickets_refreshed[label])
+        yield tr
         hf = CounterMetricFamily("tlsgate_handshake_failures",
                                  "Failed TLS handshakes by kind of failure.",
                                  labels=["listener", "reason"])

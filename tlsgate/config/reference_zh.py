@@ -244,6 +244,24 @@ ZH: dict[str, tuple[str, str]] = {
         "完整握手后发送的 TLS 1.3 会话票据数（每次会话恢复后发送一张）。MQTT 客户端只保持一个连接，"
         "每次重连使用一张票据，因此 1 张足够；"
         "OpenSSL 默认的 2 张每个连接多花约 35 µs CPU 和约 250 字节。"),
+    f"{_SSL}.session_lifetime": (
+        "How long a session ticket resumes (the lifetime the client is told; at most 7 days, "
+        "RFC 8446). A ticket also stops resuming when the ticket keys rotate "
+        "(node.session_ticket_key_rotation). OpenSSL's default is 2 h; MQTT clients stay "
+        "connected for days and reconnect all at once after an outage, when resuming helps "
+        "most.",
+        "会话票据可用于恢复会话的时长（告知客户端的有效期；最长 7 天，RFC 8446）。"
+        "票据密钥轮换（node.session_ticket_key_rotation）后票据同样失效。"
+        "OpenSSL 默认为 2 小时；MQTT 客户端往往连续在线数天，并在故障后同时重连，"
+        "这时会话恢复最有用。"),
+    f"{_SSL}.session_ticket_refresh": (
+        "Send each TLS 1.3 connection a fresh session ticket before its last one expires "
+        "(every third of session_lifetime) and after each ticket-key rotation, so a client "
+        "that loses a connection it held for days still resumes. ~250 bytes per ticket. Needs "
+        "reuse_sessions and session_tickets > 0.",
+        "在上一张票据过期前（每隔 session_lifetime 的三分之一）以及每次票据密钥轮换后，"
+        "向每个 TLS 1.3 连接发送一张新的会话票据，使保持连接数天后断开的客户端仍能恢复会话。"
+        "每张票据约 250 字节。需要 reuse_sessions 且 session_tickets > 0。"),
     f"{_SSL}.alpn": (
         "ALPN protocols offered, e.g. [\"mqtt\"]; empty = no ALPN.",
         "提供的 ALPN 协议，例如 [\"mqtt\"]；为空 = 不使用 ALPN。"),

@@ -196,6 +196,17 @@ class ServerSslOptions(Section):
         "TLS 1.3 session tickets sent after a full handshake (one follows each resumed one). An "
         "MQTT client holds one connection and uses one ticket per reconnect, so 1 suffices; "
         "OpenSSL's default of 2 costs ~35 µs of CPU and ~250 bytes more per connection."))
+    session_lifetime: Duration = Field(86400.0, ge=1, le=604800, description=(
+        "How long a session ticket resumes (the lifetime the client is told; at most 7 days, "
+        "RFC 8446). A ticket also stops resuming when the ticket keys rotate "
+        "(node.session_ticket_key_rotation). OpenSSL's default is 2 h; MQTT clients stay "
+        "connected for days and reconnect all at once after an outage, when resuming helps "
+        "most."))
+    session_ticket_refresh: bool = Field(True, description=(
+        "Send each TLS 1.3 connection a fresh session ticket before its last one expires "
+        "(every third of session_lifetime) and after each ticket-key rotation, so a client "
+        "that loses a connection it held for days still resumes. ~250 bytes per ticket. Needs "
+        "reuse_sessions and session_tickets > 0."))
     alpn: list[str] = Field(default_factory=list, description="ALPN protocols offered, e.g. "
                                                               "[\"mqtt\"]; empty = no ALPN.")
     sni: list[SniEntry] = Field(default_factory=list, description="Extra certificates chosen by "

@@ -351,6 +351,26 @@ class ClientGate(asyncio.BufferedProtocol):
             self.pending += data
             self._try_connect()
 
+    def refresh_ticket(self) -> bool:
+        """Send the client a fresh TLS 1.3 session ticket (tlsgate.gateway.tickets decides
+        when). Only while relaying, both directions open, and not for TLS-PSK (a resumed PSK
+        session is refused); False when no ticket was sent."""
+        t = self.transport
+        if self.phase != _RELAY or t is None or t.is_closing() or self.client_done \
+                or self.upstream_done or self.rec is None or self.rec.psk_identity:
+            return False
+        new_ticket = getattr(self.sess, "new_ticket", None)  # not on 国密 sessions
+        if new_ticket is None:
+            return False
+        try:
+            sent = bool(new_ticket())
+        except Exception:  # a bug must cost one ticket, never the sweep
+            log.exception("session ticket for connection %s failed", self.rec.id)
+            return False
+        if sent:
+            self.lst.stats.tickets_refreshed += 1
+        return sent
+
     # ---------------------------------------------------------------------- CONNECT
     def _try_connect(self) -> None:
         if not self.pending:

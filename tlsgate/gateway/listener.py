@@ -36,6 +36,7 @@ class ListenerStats:
     ciphers: Counter[str] = field(default_factory=Counter)
     groups: Counter[str] = field(default_factory=Counter)                   # key exchange
     resumed: int = 0               # successful handshakes that resumed a session
+    tickets_refreshed: int = 0     # session tickets sent to live connections (gateway.tickets)
     handshake_failures: Counter[str] = field(default_factory=Counter)       # reason class
     refusals: Counter[str] = field(default_factory=Counter)                 # reason
     bytes_in: int = 0

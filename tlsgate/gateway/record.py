@@ -19,6 +19,8 @@ _ids = itertools.count(1)
 class Closable(Protocol):
     def close(self, reason: str) -> None: ...
 
+    def refresh_ticket(self) -> bool: ...
+
 
 class ConnRecord:
     __slots__ = (

@@ -152,6 +152,7 @@ def listener_stats(gw: Gateway) -> dict[str, Any]:
             "ciphers": dict(st.ciphers),
             "groups": dict(st.groups),
             "resumed": st.resumed,
+            "tickets_refreshed": st.tickets_refreshed,
             "handshake_failures": dict(st.handshake_failures),
             "refusals": dict(st.refusals),
             "bytes_in": st.bytes_in + lb[0],

@@ -28,6 +28,7 @@ from ..gateway.gate import ClientGate
 from ..gateway.listener import ListenerRuntime
 from ..gateway.record import ConnRecord
 from ..gateway.registry import Registry
+from ..gateway.tickets import TicketRefresher
 from ..mqtt import Connect, Refusal
 from ..psk_table import PskTable, printable_identity
 from ..tls.client_context import ClientTls, ClientTlsError, build_client_tls
@@ -115,6 +116,8 @@ class Gateway:
         self.revocation.on_revoked(self._close_revoked)
         self._sweeper: asyncio.TimerHandle | None = None
         self._rekeyer: asyncio.TimerHandle | None = None
+        #: Fresh session tickets for long-lived connections (ssl_options.session_ticket_refresh).
+        self.tickets = TicketRefresher(lambda: [r.rt for r in self.listeners.values()])
 
     def _schedule_rekey(self) -> None:
         """Arm a timer for the next ticket-key period boundary (node.session_ticket_key_rotation;
@@ -142,12 +145,14 @@ class Gateway:
                 except Exception:  # keep the old key rather than take the worker down
                     log.exception("%s: could not install the new session-ticket key", label)
         log.debug("session-ticket keys of period %d installed", epoch)
+        self.tickets.after_rekey(time.time())
         self._schedule_rekey()
 
     def _sweep_bios(self) -> None:
         """Every second: give back the BIO buffers of connections whose large transfers are
-        over (tlsgate.tls.engine.sweep_bios)."""
+        over (tlsgate.tls.engine.sweep_bios), and send fresh session tickets where due."""
         sweep_bios()
+        self.tickets.tick(time.time())
         self._sweeper = asyncio.get_running_loop().call_later(BIO_SWEEP_INTERVAL,
                                                               self._sweep_bios)
 
@@ -392,6 +397,7 @@ class Gateway:
         if self._rekeyer is not None:
             self._rekeyer.cancel()
             self._rekeyer = None
+        self.tickets.stop()
         for label in list(self.listeners):
             await self._stop_listener(label)
         deadline = time.monotonic() + self.config.node.shutdown_timeout

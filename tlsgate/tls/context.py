@@ -187,6 +187,8 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
     # node runs several workers (one cache per process), and costs every full handshake a
     # cache insert (~5 % of the handshake measured). nginx's default is the same.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    # The ticket lifetime clients are told, and OpenSSL's age check when one comes back.
+    ctx.set_timeout(int(opts.session_lifetime))
     ctx.set_options(options)
     # reuse off: none at all (TLS 1.3 would still get session-id tickets that never resume)
     unbound.set_num_tickets(ctx, opts.session_tickets if opts.reuse_sessions else 0)

@@ -45,6 +45,8 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from . import unbound
+
 BUF_SIZE = 256 * 1024
 #: The shared receive buffer (every BufferedProtocol of the process reads into it).
 INBUF = bytearray(BUF_SIZE)
@@ -382,6 +384,24 @@ class ServerSession:
             _lib.SSL_shutdown(self._ssl)
             _lib.ERR_clear_error()
             self.flush()
+
+    def new_ticket(self) -> bool:
+        """Send the client a fresh TLS 1.3 session ticket now (a post-handshake
+        NewSessionTicket, RFC 8446 §4.6.1; tlsgate.gateway.tickets decides when). False when
+        there is nothing to do: TLS 1.2, a connection closing, the OpenSSL call unavailable,
+        or OpenSSL refused (then nothing was sent)."""
+        ssl = self._ssl
+        if _lib.SSL_version(ssl) != _TLS1_3 or _lib.SSL_get_shutdown(ssl) \
+                or not unbound.new_session_ticket(ssl):
+            return False
+        # The ticket is made and queued by the state machine; a memory BIO never blocks, so
+        # one call finishes it.
+        if _lib.SSL_do_handshake(ssl) != 1:
+            _lib.ERR_clear_error()
+            self.flush()  # whatever was queued (an alert) must still go out in order
+            return False
+        self.flush()
+        return True
 
     # -- what the handshake established --------------------------------------------------------
     @property

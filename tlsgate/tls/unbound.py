@@ -10,6 +10,9 @@ of it; two calls tlsgate needs are not in that subset:
 * ``SSL_CTX_ctrl(SSL_CTRL_SET_TLSEXT_TICKET_KEYS)`` -- the session-ticket keys, so that every
   worker of a node (and every context a reload builds) encrypts and accepts the same tickets:
   a client resumes on whichever worker SO_REUSEPORT hands it to (SPEC section 8);
+* ``SSL_new_session_ticket`` -- send a TLS 1.3 client a fresh session ticket on a connection
+  that is already up (tlsgate.gateway.tickets: long-lived MQTT connections get one before the
+  last expires and after each ticket-key rotation);
 * ``SSL_CTX_ctrl(SSL_CTRL_BUILD_CERT_CHAIN)`` -- complete the server's certificate chain from
   the verify store once, when the context is built. Without it, a certfile that holds only the
   leaf makes OpenSSL build that chain again in every handshake (an X509_STORE_CTX and a full
@@ -37,8 +40,8 @@ from typing import Any
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-__all__ = ["TICKET_KEY_LEN", "build_cert_chain", "missing", "set_num_tickets",
-           "set_ticket_keys"]
+__all__ = ["TICKET_KEY_LEN", "build_cert_chain", "missing", "new_session_ticket",
+           "set_num_tickets", "set_ticket_keys"]
 
 #: SSL_CTRL_SET_TLSEXT_TICKET_KEYS / ..._GET_...: 16-byte key name, 32-byte HMAC key, 32-byte
 #: AES key (OpenSSL 1.1.0 and later).
@@ -51,7 +54,7 @@ _CTRL_GET_CHAIN_CERTS = 115
 #: store yields (as the per-handshake automatic chain does), leave no error queued.
 _BUILD_FLAGS = 0x8 | 0x10
 
-_WANTED = ("SSL_CTX_set_num_tickets", "SSL_CTX_ctrl")
+_WANTED = ("SSL_CTX_set_num_tickets", "SSL_CTX_ctrl", "SSL_new_session_ticket")
 #: Bound functions whose cffi wrapper addresses pin the load address down.
 _ANCHORS = ("SSL_CTX_new", "SSL_new", "SSL_CTX_free")
 
@@ -121,6 +124,8 @@ def _load() -> dict[str, Any]:
                 "int (*)(SSL_CTX *, size_t)", base + syms[b"SSL_CTX_set_num_tickets"]),
             "SSL_CTX_ctrl": _ffi.cast(
                 "long (*)(SSL_CTX *, int, long, void *)", base + syms[b"SSL_CTX_ctrl"]),
+            "SSL_new_session_ticket": _ffi.cast(
+                "int (*)(SSL *)", base + syms[b"SSL_new_session_ticket"]),
         }
     except (ImportError, AttributeError, OSError, ValueError, LookupError, struct.error,
             TypeError, _ffi.error) as exc:
@@ -154,6 +159,19 @@ def set_ticket_keys(ctx: Any, key: bytes) -> bool:
         return int(fn(ctx._context, _CTRL_SET_TICKET_KEYS, TICKET_KEY_LEN, buf)) == 1
     finally:
         _ffi.memmove(buf, b"\0" * TICKET_KEY_LEN, TICKET_KEY_LEN)
+
+
+def new_session_ticket(ssl: Any) -> bool:
+    """``SSL_new_session_ticket`` on a raw ``SSL *`` (TLS 1.3 server, handshake done): a
+    ticket goes out with the next SSL_do_handshake/SSL_write. False when unavailable or
+    refused (the error queue is cleared)."""
+    fn = _load().get("SSL_new_session_ticket")
+    if fn is None:
+        return False
+    if int(fn(ssl)) == 1:
+        return True
+    _lib.ERR_clear_error()
+    return False
 
 
 def build_cert_chain(ctx: Any) -> bool:
