@@ -469,6 +469,64 @@ def test_session_handles_records_split_and_joined(pki: Sm2Dir, tlib: Any,
     s.free()
 
 
+@pytest.mark.parametrize("protocol", ["tlcp", "tls13"])
+def test_leaf_only_sign_certificate_chain_is_built_once_and_unchanged(
+        pki: Sm2Dir, tlib: Any, protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verify_peer listener whose sign certificate file holds the leaf alone: the chain is
+    completed from cacertfile when the context is built (engine._complete_chain), not by the
+    library in every handshake; the client receives exactly what the library's per-handshake
+    building sends (TLCP: sign, enc, CA; TLS 1.3: sign, CA)."""
+    import tlsgate.tls.gm.engine as gm_engine
+
+    assert pki.server.sign_cert.read_bytes().count(b"BEGIN CERTIFICATE") == 1
+
+    def chain_set_on(ctx: GmServerContext) -> list[bytes] | None:
+        """The chain the context holds for its sign certificate (None: none, the library
+        builds one per handshake)."""
+        import ctypes
+
+        lib, raw = ctx._lib, ctx._ntls if protocol == "tlcp" else ctx._tls13
+        lib.SSL_CTX_ctrl(raw, 117, 1, None)  # SSL_CTX_set_current_cert(SSL_CERT_SET_FIRST)
+        sk = ctypes.c_void_p()
+        lib.SSL_CTX_ctrl(raw, 115, 0, ctypes.addressof(sk))  # SSL_CTX_get0_chain_certs
+        if not sk.value:
+            return None
+        return [gm_engine._x509_der(lib, lib.OPENSSL_sk_value(sk.value, i))
+                for i in range(int(lib.OPENSSL_sk_num(sk.value)))]
+
+    chains: list[list[bytes] | None] = []
+
+    def received() -> list[bytes]:
+        ctx = GmServerContext.build(opts(pki, verify="verify_peer", cacertfile=str(pki.ca_cert)))
+        chains.append(chain_set_on(ctx))
+        c = gmclient.MemoryClient(tlib, gmclient.client_ctx(tlib, protocol,
+                                                            cafile=str(pki.ca_cert)))
+        s, out = session(ctx)
+        pump(c, s, out)
+        lib = ctx._lib
+        sk = lib.SSL_get_peer_cert_chain(c.ssl)
+        ders = [gm_engine._x509_der(lib, lib.OPENSSL_sk_value(sk, i))
+                for i in range(int(lib.OPENSSL_sk_num(sk)))]
+        c.free()
+        s.free()
+        return [d for d in ders if d]
+
+    def der(path: Path) -> bytes:
+        return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(
+            serialization.Encoding.DER)
+
+    built = received()
+    with monkeypatch.context() as m:
+        m.setattr(gm_engine, "_complete_chain", lambda lib, ctx: None)
+        per_handshake = received()
+    expected = [der(pki.server.sign_cert)]
+    if protocol == "tlcp":
+        expected.append(der(pki.server.enc_cert))
+    expected.append(der(pki.ca_cert))
+    assert built == per_handshake == expected
+    assert chains == [[der(pki.ca_cert)], None]
+
+
 def test_garbage_and_plain_mqtt_are_refused(pki: Sm2Dir) -> None:
     ctx = GmServerContext.build(opts(pki))
     connect = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04test"

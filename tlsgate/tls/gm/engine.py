@@ -317,6 +317,8 @@ class GmServerContext:
                 lib.SSL_CTX_enable_ntls(ntls)
                 _use(lib, "sign_certfile", lib.SSL_CTX_use_sign_certificate(ntls, sign.certs[0]))
                 _use(lib, "sign_keyfile", lib.SSL_CTX_use_sign_PrivateKey(ntls, sign.pkey))
+                if len(sign.certs) == 1:  # now, while the sign certificate is the current one
+                    _complete_chain(lib, ntls)
                 _use(lib, "enc_certfile", lib.SSL_CTX_use_enc_certificate(ntls, enc.certs[0]))
                 _use(lib, "enc_keyfile", lib.SSL_CTX_use_enc_PrivateKey(ntls, enc.pkey))
                 for x in sign.certs[1:]:  # intermediates: sent after the sign and enc certs
@@ -329,6 +331,8 @@ class GmServerContext:
                 tls13 = _new_ctx(lib, lib.TLS_server_method(), opts, None, tls13_ciphers)
                 _use(lib, "sign_certfile", lib.SSL_CTX_use_certificate(tls13, sign.certs[0]))
                 _use(lib, "sign_keyfile", lib.SSL_CTX_use_PrivateKey(tls13, sign.pkey))
+                if len(sign.certs) == 1:
+                    _complete_chain(lib, tls13)
                 for x in sign.certs[1:]:
                     lib.X509_up_ref(x)
                     if int(lib.SSL_CTX_ctrl(tls13, _lib.SSL_CTRL_EXTRA_CHAIN_CERT, 0, x)) != 1:
@@ -387,6 +391,19 @@ def build_gm_context(opts: GmSslOptions, key: str) -> GmServerContext:
 def _use(lib: Tongsuo, key: str, rc: int) -> None:
     if int(rc) != 1:
         raise GmConfigError(key, f"the library refused it: {lib.last_reason('unknown error')}")
+
+
+def _complete_chain(lib: Tongsuo, ctx: int) -> None:
+    """A sign certificate file with the leaf alone: build its chain from the verify store
+    (cacertfile) once, now, instead of the library doing it -- with an SM2 verification of our
+    own certificate -- in every handshake (its automatic chain; measured with
+    benchmarks/gm_handshakes.py, mutual: TLS 1.3 ~2090 -> ~1730 µs, TLCP ~2550 -> ~2300 µs per
+    handshake). Clients receive the same certificates (TLCP: sign, enc, then this chain). Call it
+    after the verify store is loaded and while the sign certificate is the context's current
+    one. If the library refuses, nothing changes (it keeps building per handshake)."""
+    if int(lib.SSL_CTX_ctrl(ctx, _lib.SSL_CTRL_BUILD_CERT_CHAIN,
+                            _lib.SSL_BUILD_CHAIN_KEEP_WHAT_IS_FOUND, None)) <= 0:
+        lib.ERR_clear_error()
 
 
 def _new_ctx(lib: Tongsuo, method: int, opts: GmSslOptions, cipher_list: str | None,
