@@ -11,6 +11,7 @@ BIOs) receives with the chain OpenSSL's per-handshake building sends (the build 
 from __future__ import annotations
 
 import contextlib
+import ssl
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,67 @@ def test_sni_certificates_are_completed_too(pki: Pki, tmp_path: Path,
     ours, per_handshake, ctx = _both_ways(monkeypatch, opts, "other.example")
     assert ours == per_handshake == [other.issued.cert_der(), _der(pki.ca.cert)]
     assert unbound.chain_certs_of(ctx.sni["other.example"]) == [_der(pki.ca.cert)]
+
+
+# -- the same for tlsgate's client certificate (TLS towards the broker or the auth server) -----
+def _client_chain_seen_by_server(pki: Pki, tls: ssl.SSLContext) -> list[bytes]:
+    """Handshake the client context with a pyOpenSSL server that asks for a certificate; the
+    client's certificates as the server received them, leaf first, DER."""
+    sctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    sctx.use_certificate_chain_file(str(pki.server.cert))
+    sctx.use_privatekey_file(str(pki.server.key))
+    sctx.set_verify(SSL.VERIFY_PEER, lambda *_: True)
+    srv = SSL.Connection(sctx, None)
+    srv.set_accept_state()
+    cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+    cli = tls.wrap_bio(cin, cout, server_hostname="localhost")
+    for _ in range(10):
+        with contextlib.suppress(ssl.SSLWantReadError):
+            cli.do_handshake()
+        data = cout.read()
+        if data:
+            srv.bio_write(data)
+        with contextlib.suppress(SSL.WantReadError):
+            srv.do_handshake()
+        with contextlib.suppress(SSL.WantReadError):
+            cin.write(srv.bio_read(65536))
+        if srv.get_peer_certificate() is not None:
+            break
+    leaf = srv.get_peer_certificate(as_cryptography=True)
+    assert leaf is not None, "the server got no client certificate"
+    rest = srv.get_peer_cert_chain(as_cryptography=True) or []  # server side: without the leaf
+    return [_der(leaf), *(_der(c) for c in rest)]
+
+
+def test_a_leaf_only_client_certificate_gets_its_chain_once(
+        pki2: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[upstreams.*.ssl] / [authentication.ssl] with a certfile holding the client leaf alone
+    and cacertfile holding its issuers: the broker receives the same chain as with OpenSSL's
+    per-handshake building, which tlsgate no longer does for every connection."""
+    import ctypes
+
+    from tlsgate.config.schema import ClientSslOptions
+    from tlsgate.tls import client_context
+
+    assert pki2.intermediate is not None
+    leaf = tmp_path / "client-leaf.pem"
+    leaf.write_bytes(pki2.client.issued.cert_pem())
+    opts = ClientSslOptions(cacertfile=str(_ca_bundle(pki2, tmp_path)), certfile=str(leaf),
+                            keyfile=str(pki2.client.key))
+    built = client_context.build_client_tls(opts, "upstreams.default.ssl").context
+    native = client_context._native()
+    assert native is not None
+    ptr = client_context._ctx_pointer(native, built)
+    ctrl = native.SSL_CTX_ctrl
+    ctrl.restype = ctypes.c_long
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    sk = ctypes.c_void_p()
+    ctrl(ptr, 115, 0, ctypes.addressof(sk))  # SSL_CTX_get0_chain_certs
+    assert sk.value, "the chain was not built when the context was"
+    ours = _client_chain_seen_by_server(pki2, built)
+    with monkeypatch.context() as m:
+        m.setattr(client_context, "complete_chain", lambda ctx: False)
+        per_handshake = _client_chain_seen_by_server(
+            pki2, client_context.build_client_tls(opts, "upstreams.default.ssl").context)
+    assert ours == per_handshake == [pki2.client.issued.cert_der(),
+                                     _der(pki2.intermediate.cert), _der(pki2.ca.cert)]

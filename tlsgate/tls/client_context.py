@@ -156,7 +156,8 @@ def build_client_tls(opts: ClientSslOptions, key: str = "ssl") -> ClientTls:
     # client certificate
     if opts.certfile or opts.keyfile:
         password = _reveal(f"{key}.password", opts.password)
-        _load_identity(ctx, key, opts.certfile, opts.keyfile, password)
+        if _load_identity(ctx, key, opts.certfile, opts.keyfile, password) == 1:
+            complete_chain(ctx)
         ctx.post_handshake_auth = True
 
     # ciphers
@@ -255,7 +256,8 @@ def _reveal(key: str, password: Any) -> str | None:
 
 
 def _load_identity(ctx: ssl.SSLContext, key: str, certfile: str, keyfile: str,
-                   password: str | None) -> None:
+                   password: str | None) -> int:
+    """Load the client certificate and key; returns how many certificates the file holds."""
     if not certfile:
         raise ClientTlsError(f"{key}.certfile", "keyfile is set but certfile is empty; they go "
                                                 "together")
@@ -295,6 +297,33 @@ def _load_identity(ctx: ssl.SSLContext, key: str, certfile: str, keyfile: str,
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise ClientTlsError(f"{key}.certfile", f"OpenSSL refused {certfile!r} with "
                                                 f"{keyfile!r}: {_ssl_reason(exc)}") from None
+    return len(certs)
+
+
+#: SSL_CTRL_BUILD_CERT_CHAIN, SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR | ..._CLEAR_ERROR
+_BUILD_CERT_CHAIN, _BUILD_FLAGS = 105, 0x8 | 0x10
+
+
+def complete_chain(ctx: ssl.SSLContext) -> bool:
+    """A client certificate file with the leaf alone: let OpenSSL complete its chain from the
+    context's CA store once, now, instead of in every handshake (its automatic chain: an
+    X509_verify_cert of our own certificate per connection to the broker or auth server).
+    The server receives the same certificates. Call it after the CAs and the certificate are
+    loaded. False (nothing changed) when the native library cannot be reached for sure."""
+    native = _native()
+    ptr = _ctx_pointer(native, ctx) if native is not None else None
+    if native is None or ptr is None:
+        return False
+    try:
+        fn = native.SSL_CTX_ctrl
+    except AttributeError:  # pragma: no cover - every libssl has it
+        return False
+    fn.restype = ctypes.c_long
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    if fn(ptr, _BUILD_CERT_CHAIN, _BUILD_FLAGS, None) > 0:
+        return True
+    native.ERR_clear_error()
+    return False
 
 
 def _set_tls12_ciphers(ctx: ssl.SSLContext, key: str, names: list[str]) -> None:
