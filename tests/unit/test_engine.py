@@ -482,3 +482,21 @@ def test_key_update_inside_a_large_in_place_read(pki: Pki) -> None:
     o = sess.encrypt_send(5, -1)
     cli.into(b"".join(sent) + bytes(OUT_VIEW[:o]))
     assert cli.read() == b"after"
+
+
+def test_peer_cert_der_is_the_client_certificate(pki: Pki) -> None:
+    """ServerSession.peer_cert_der (what the gate parses the identity from): the DER of the
+    certificate the client sent, None without one."""
+    from tlsgate.tls.identity import peer_identity
+
+    mutual = {"cacertfile": str(pki.ca_pem), "verify": "verify_peer"}
+    cctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    cctx.load_cert_chain(pki.client.cert, pki.client.key)
+    with_cert = Peer(pki, server_opts=mutual, cctx=cctx)
+    with_cert.handshake()
+    assert with_cert.sess.peer_cert_der == pki.client.der
+    ident = peer_identity(with_cert.sess.peer_cert_der)
+    assert ident.cn_text == "client" and ident.dn.startswith("CN=client,OU=devices,")
+    without = Peer(pki, server_opts=mutual)
+    without.handshake()
+    assert without.sess.peer_cert_der is None

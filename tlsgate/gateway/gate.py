@@ -18,8 +18,6 @@ import ssl
 import time
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from ..accesslog import access
 from ..mqtt import (
     KEEP,
@@ -36,7 +34,7 @@ from ..mqtt import (
     rewrite_connect,
 )
 from ..tls.engine import IN_VIEW, INBUF, HandshakeError, TlsError
-from ..tls.identity import common_name, identity_from_cert, subject_string
+from ..tls.identity import PeerIdentity, peer_identity
 from ..tls.revocation_guard import peer_cert_ids
 from .listener import ListenerRuntime
 from .record import ConnRecord
@@ -80,7 +78,8 @@ class ClientGate(asyncio.BufferedProtocol):
         self.client_done = False
         self.upstream_done = False
         self.t0 = 0.0
-        self.peer_cert: Any = None
+        #: The verified client certificate, parsed once (None: no certificate).
+        self.peer_cert: PeerIdentity | None = None
         self.proxied_src: tuple[str, int] | None = None
         self.proxied_dst: tuple[str, int] | None = None
         #: Revocation guard of the context this client got (None: no check, the usual case).
@@ -338,11 +337,12 @@ class ClientGate(asyncio.BufferedProtocol):
             st.resumed += 1
         st.observe_handshake(elapsed)
         if self.ctx.opts.verify == "verify_peer":
-            cert = sess.peer_certificate()
-            if cert is not None:
-                self.peer_cert = cert
-                rec.cert_subject = subject_string(cert)
-                rec.cert_cn = common_name(cert)
+            der = sess.peer_cert_der
+            if der is not None:
+                # parsed once: subject and CN here, the identity mappings at CONNECT
+                ident = self.peer_cert = peer_identity(der)
+                rec.cert_subject = ident.dn
+                rec.cert_cn = ident.cn_text
         if lst.psk_identity_of is not None:
             rec.psk_identity = lst.psk_identity_of(sess)
         self.phase = _CONNECT
@@ -407,16 +407,14 @@ class ClientGate(asyncio.BufferedProtocol):
         assert rec is not None
         username: Any = KEEP
         client_id: Any = KEEP
-        if self.peer_cert is not None:
-            der = None
+        ident = self.peer_cert
+        if ident is not None:
             if mqtt.peer_cert_as_username != "disabled":
-                der = _der(self.peer_cert)
-                value = identity_from_cert(der, mqtt.peer_cert_as_username)
+                value = ident.value(mqtt.peer_cert_as_username)
                 if value is not None:
                     username = value
             if mqtt.peer_cert_as_clientid != "disabled":
-                der = der or _der(self.peer_cert)
-                value = identity_from_cert(der, mqtt.peer_cert_as_clientid)
+                value = ident.value(mqtt.peer_cert_as_clientid)
                 if value is not None:
                     client_id = value
         if mqtt.psk_identity_as_username and rec.psk_identity is not None:
@@ -672,10 +670,6 @@ def _lost(who: str, exc: Exception | None) -> str:
     if isinstance(exc, ConnectionResetError):
         return f"{who} reset the connection"
     return f"{who} connection lost: {exc}"
-
-
-def _der(cert: Any) -> bytes:
-    return bytes(cert.public_bytes(Encoding.DER))
 
 
 def _failure_class(reason: str) -> str:
