@@ -344,6 +344,41 @@ def test_ocsp_responder_sees_one_fetch_per_refresh_for_the_whole_cluster(world: 
         assert "Cert Status: good" in out, (n.name, out)
 
 
+#: A TLS session from node 1, kept across tests (it must still resume on node 2 after node 2's
+#: restart).
+_SESSIONS: dict[str, tuple[ssl.SSLContext, ssl.SSLSession]] = {}
+
+
+def _tls_ctx(world: World) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(world.ca_pem))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+def _mqtt_session(port: int, ctx: ssl.SSLContext, cid: str,
+                  session: ssl.SSLSession | None = None) -> tuple[bool, ssl.SSLSession | None]:
+    """CONNECT/CONNACK (the ticket travels with the CONNACK); (resumed?, the session)."""
+    with socket.create_connection(("127.0.0.1", port)) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        c = cid.encode()
+        tls.sendall(bytes([0x10, 12 + len(c), 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, len(c)])
+                    + c)
+        assert tls.recv(4) == b"\x20\x02\x00\x00"
+        return bool(tls.session_reused), tls.session
+
+
+def test_a_tls_session_resumes_on_every_node(world: World) -> None:
+    """No node.session_ticket_secret_file anywhere: the cluster agreed on one ticket secret
+    (tlsgate.server.ticket_secret, the longest-running node's), so a client that got its
+    session on node 1 resumes it on nodes 2 and 3 behind the same load balancer."""
+    ctx = _tls_ctx(world)
+    resumed, session = _mqtt_session(world.n("n1").port, ctx, "tls-n1")
+    assert not resumed and session is not None and session.has_ticket
+    for name in ("n2", "n3"):
+        assert _mqtt_session(world.n(name).port, ctx, f"tls-on-{name}", session)[0], name
+    _SESSIONS["n1"] = ctx, session  # a session is only usable with its own context
+
+
 def test_node2_killed_is_reported_down_and_catches_up_when_it_returns(world: World) -> None:
     n1, n2, n3 = world.n("n1"), world.n("n2"), world.n("n3")
     workers = n2.gate.worker_pids()
@@ -388,6 +423,18 @@ def test_node2_killed_is_reported_down_and_catches_up_when_it_returns(world: Wor
     c.disconnect()
     c.loop_stop()
     assert connack_code(res.rc) == 0
+
+
+def test_a_restarted_node_adopts_the_clusters_ticket_secret(world: World) -> None:
+    """Node 2 came back with a new random secret and a later start: it took the cluster's
+    secret instead of imposing its own, so the session node 1 issued before the restart still
+    resumes on it, and on the others."""
+    if "n1" not in _SESSIONS:
+        pytest.skip("needs test_a_tls_session_resumes_on_every_node")
+    ctx, session = _SESSIONS["n1"]
+    world.n("n2").gate.wait_log(r"session tickets: this node now uses the cluster's ticket")
+    for name in ("n2", "n1", "n3"):
+        assert _mqtt_session(world.n(name).port, ctx, f"tls-again-{name}", session)[0], name
 
 
 def test_a_node_of_another_ca_or_cluster_cannot_join(world: World) -> None:

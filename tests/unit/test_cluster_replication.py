@@ -299,3 +299,57 @@ def test_psk_namespace_is_unavailable_while_psk_is_disabled() -> None:
     rep = Replicator([ns])
     assert rep.hashes() == {} and rep.digests() == []
     assert rep.apply(Entries("psk", (Entry("61", "00", 1.0, "n2"),)), "n2") == []
+
+
+def _ticket_replica(name: str, started: float) -> tuple[Any, Replicator, list[bytes]]:
+    import os
+
+    from tlsgate.cluster.replication import TicketSecretNamespace
+    from tlsgate.server.ticket_secret import NodeTicketSecret
+
+    holder = NodeTicketSecret(os.urandom(32), name, started)
+    adopted: list[bytes] = []
+    holder.on_change.append(adopted.append)
+    return holder, Replicator([TicketSecretNamespace(lambda: holder)]), adopted
+
+
+def _exchange(a: Replicator, b: Replicator) -> None:
+    """One anti-entropy round in both directions (as on a new link)."""
+    for src, dst in ((a, b), (b, a)):
+        for d in src.digest_for("tickets"):
+            for msg in dst.answer_digest(d, SyncState()):
+                src.apply(msg, "peer")
+
+
+def test_the_cluster_adopts_the_longest_running_nodes_ticket_secret() -> None:
+    """tlsgate.server.ticket_secret: nodes exchange digests and keep the secret of the node
+    that started first, whichever side starts the exchange; a node that restarts (later start)
+    adopts the cluster's instead of imposing its new one."""
+    n1, r1, ad1 = _ticket_replica("n1", NOW - 100)
+    n2, r2, ad2 = _ticket_replica("n2", NOW - 50)
+    n3, r3, ad3 = _ticket_replica("n3", NOW - 10)
+    first = n1.secret
+    _exchange(r3, r2)
+    assert n3.secret == n2.secret != first and ad3 == [n2.secret] and ad2 == []
+    _exchange(r2, r1)
+    _exchange(r3, r2)
+    assert n1.secret == n2.secret == n3.secret == first and ad1 == []
+    # n2 restarts: a new random secret, a later start; it adopts the cluster's at once
+    n2b, r2b, ad2b = _ticket_replica("n2", NOW)
+    _exchange(r2b, r1)
+    assert n2b.secret == first and ad2b == [first]
+    _exchange(r2b, r3)
+    assert n3.secret == first
+
+
+def test_bad_ticket_secret_entries_are_refused() -> None:
+    holder, rep, adopted = _ticket_replica("n1", NOW)
+    before = holder.secret
+    for entry in (Entry("secret", "zz", 1e12, "x"), Entry("secret", "00" * 8, 1e12, "x"),
+                  Entry("other", "00" * 32, 1e12, "x"), Entry("secret", None, 1e12, "x")):
+        assert rep.apply(Entries("tickets", (entry,)), "peer") == []
+    assert holder.secret == before and adopted == []
+    # an older version (a later start) never replaces ours
+    assert rep.apply(Entries("tickets", (Entry("secret", "11" * 32, -NOW - 1, "z"),)),
+                     "peer") == []
+    assert holder.secret == before

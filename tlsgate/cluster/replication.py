@@ -304,3 +304,37 @@ class BanNamespace:
         be = bans.entry_from_json(kind, value, entry.value, entry.ts, entry.node)
         changed: bool = bans.apply_remote(be)
         return changed
+
+
+class TicketSecretNamespace:
+    """The node's session-ticket secret (tlsgate.server.ticket_secret.NodeTicketSecret): one
+    key, ``secret``, the value in hex (only ever inside the TLS channel). Not available on a
+    node that reads its secret from ``node.session_ticket_secret_file``."""
+
+    name = "tickets"
+
+    def __init__(self, holder_of: Callable[[], Any]) -> None:
+        self._holder_of = holder_of
+
+    def available(self) -> bool:
+        return self._holder_of() is not None
+
+    def versions(self) -> dict[str, Version]:
+        h = self._holder_of()
+        return {"secret": h.version} if h is not None else {}
+
+    def entries(self, keys: Iterable[str]) -> list[Entry]:
+        h = self._holder_of()
+        if h is None or "secret" not in keys:
+            return []
+        ts, node = h.version
+        return [Entry("secret", h.secret.hex(), ts, node)]
+
+    def apply(self, entry: Entry) -> bool:
+        h = self._holder_of()
+        if h is None:
+            return False
+        if entry.key != "secret" or not isinstance(entry.value, str):
+            raise ValueError("a ticket secret entry is secret = hex")
+        changed: bool = h.apply_remote(bytes.fromhex(entry.value), entry.version)
+        return changed

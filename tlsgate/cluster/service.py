@@ -69,7 +69,14 @@ from .protocol import (
     Response,
     negotiate,
 )
-from .replication import BanNamespace, PskNamespace, Replicator, SyncState, chunk_entries
+from .replication import (
+    BanNamespace,
+    PskNamespace,
+    Replicator,
+    SyncState,
+    TicketSecretNamespace,
+    chunk_entries,
+)
 
 log = logging.getLogger("tlsgate.cluster")
 
@@ -144,7 +151,10 @@ class ClusterService:
         self.applied: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.replicator = Replicator([PskNamespace(lambda: getattr(node, "psk", None)),
-                                      BanNamespace(lambda: getattr(node, "bans", None))])
+                                      BanNamespace(lambda: getattr(node, "bans", None)),
+                                      TicketSecretNamespace(
+                                          getattr(node, "cluster_ticket_secret",
+                                                  lambda: None))])
         # the bans: the admin service made the list when the dashboard is on; else we do
         bans = getattr(node, "bans", None)
         if bans is None:

@@ -148,6 +148,23 @@ class Gateway:
         self.tickets.after_rekey(time.time())
         self._schedule_rekey()
 
+    def set_ticket_secret(self, secret: bytes) -> None:
+        """A new node secret (the cluster agreed on another node's): every listener's ticket
+        keys are derived from it from now on, and connected clients get a ticket made with
+        them. With node.session_ticket_secret_file the file keeps winning."""
+        self.ticket_secret = secret
+        if self.config.node.session_ticket_secret_file:
+            return
+        epoch = ticket_epoch(time.time(), self.config.node.session_ticket_key_rotation)
+        for label, run in self.listeners.items():
+            rekey = getattr(run.rt.context, "rekey", None)
+            if rekey is not None:
+                try:
+                    rekey(epoch, secret)
+                except Exception:
+                    log.exception("%s: could not install the new session-ticket key", label)
+        self.tickets.after_rekey(time.time())
+
     def _sweep_bios(self) -> None:
         """Every second: give back the BIO buffers of connections whose large transfers are
         over (tlsgate.tls.engine.sweep_bios), and send fresh session tickets where due."""

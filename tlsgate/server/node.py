@@ -33,6 +33,7 @@ from .app import Gateway, ReloadResult
 from .control import ControlError, ControlPeer
 from .fetch import NodeFetcher
 from .pskstore import PskStore, encode_table
+from .ticket_secret import NodeTicketSecret
 
 log = logging.getLogger("tlsgate.node")
 
@@ -63,6 +64,10 @@ class Node:
         #: Every worker derives its session-ticket keys from this (tlsgate.tls.context), so a
         #: client resumes on any worker, also one restarted after a crash. Memory only.
         self.ticket_secret = os.urandom(32)
+        #: The same secret as the cluster's replicated entry (tlsgate.server.ticket_secret):
+        #: nodes of a cluster adopt the longest-running node's, so clients resume on any node.
+        self.tickets = NodeTicketSecret(self.ticket_secret, config.node.name, time.time())
+        self.tickets.on_change.append(self._adopt_ticket_secret)
         self.stopping = False
         self.started_at = time.time()
         self._supervisors: set[asyncio.Task[None]] = set()
@@ -322,6 +327,17 @@ class Node:
         return (f"psk_authentication: {len(added)} identities added, {len(removed)} removed, "
                 f"{sum(1 for k in after.keys() & before.keys() if after[k] != before[k])} "
                 "changed")
+
+    def cluster_ticket_secret(self) -> NodeTicketSecret | None:
+        """What the cluster replicates as the ticket secret; None when this node's comes from
+        node.session_ticket_secret_file (the file wins; the node takes no part)."""
+        return None if self.config.node.session_ticket_secret_file else self.tickets
+
+    def _adopt_ticket_secret(self, secret: bytes) -> None:
+        self.ticket_secret = secret  # for workers started from now on
+        log.info("session tickets: this node now uses the cluster's ticket secret (sessions "
+                 "resume on every node)")
+        self.tell_workers("ticket_secret", secret=secret.hex())
 
     def _push_psk(self, table: dict[bytes, bytes]) -> None:
         self.tell_workers("psk_set", table=encode_table(table))

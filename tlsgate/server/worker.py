@@ -89,6 +89,12 @@ class Worker:
             return change.version
         return None
 
+    async def h_ticket_secret(self, args: dict[str, Any]) -> Any:
+        """The node adopted the cluster's session-ticket secret (never logged)."""
+        if self.gw is not None:
+            self.gw.set_ticket_secret(bytes.fromhex(args["secret"]))
+        return True
+
     async def h_stop(self, args: dict[str, Any]) -> Any:
         self.stop_event.set()
         return True
@@ -103,7 +109,8 @@ class Worker:
     def handlers(self) -> dict[str, Any]:
         ops: dict[str, Any] = worker_ops.handlers(lambda: self.gw)
         ops.update({"start": self.h_start, "reload": self.h_reload, "stop": self.h_stop,
-                    "status": self.h_status, "psk_set": self.h_psk_set})
+                    "status": self.h_status, "psk_set": self.h_psk_set,
+                    "ticket_secret": self.h_ticket_secret})
         return ops
 
     # ---- main -----------------------------------------------------------------------------

@@ -102,7 +102,9 @@ class ServerContext:
     staplers: tuple[Any, ...] = ()
     #: Installs the session-ticket key of a period (``ticket_epoch``) in this context and its
     #: SNI contexts; None when the keys are OpenSSL's own (no secret, or resumption off).
-    rekey: Callable[[int], None] | None = None
+    #: ``rekey(period, new_secret=None)``: install the ticket key of ``period`` (derived from
+    #: ``new_secret`` from now on, when given).
+    rekey: Callable[..., None] | None = None
 
     def all_chains(self) -> dict[str, list[x509.Certificate]]:
         out = {"": self.chain}
@@ -410,7 +412,10 @@ def build_server_context(opts: ServerSslOptions, key: str,
         contexts = [ctx, *sni.values()]
         secret = ticket_secret
 
-        def rekey(period: int) -> None:
+        def rekey(period: int, new_secret: bytes | None = None) -> None:
+            nonlocal secret
+            if new_secret is not None:  # the node's secret changed (cluster)
+                secret = new_secret
             k = ticket_key(secret, key, opts, period)
             for one in contexts:
                 unbound.set_ticket_keys(one, k)
