@@ -8,7 +8,10 @@
 # seconds. Prints connections and the worker's CPU (utime+stime) per connection. The client
 # sends no CONNECT (s_time writes an HTTP request, which the MQTT gate refuses), so this is
 # accept + full TLS 1.3 handshake with client-certificate verification + identity parsing +
-# close. PYTHON selects the interpreter (e.g. a wrapper running another checkout, for A/B).
+# close. PYTHON selects the interpreter (e.g. a wrapper running another checkout, for A/B);
+# MTLS_EXTRA adds [ssl_options] lines (e.g. the CRL check:
+#   MTLS_EXTRA='enable_crl_check = true
+#   crlfile = ["/tmp/tlsgate-bench/certs/ca.crl"]' benchmarks/mtls.sh 3).
 set -u
 H=$(cd "$(dirname "$0")/.." && pwd)
 B=${BENCH_WORK:-${TMPDIR:-/tmp}/tlsgate-bench}
@@ -26,7 +29,8 @@ if [ ! -f "$BENCH_CERTS/bench-client.crt" ]; then
 fi
 export EXTRA_SSL="cacertfile = \"$BENCH_CERTS/ca.crt\"
 verify = \"verify_peer\"
-fail_if_no_peer_cert = true"
+fail_if_no_peer_cert = true
+${MTLS_EXTRA:-}"
 own_broker=""
 if ! ss -ltnH "sport = :1883" | grep -q .; then mosquitto -p 1883 >/dev/null 2>&1 & own_broker=$!; sleep 0.5; fi
 LOG=$B/tlsgate/tlsgate.log
