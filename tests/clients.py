@@ -1,8 +1,10 @@
-"""Real MQTT/TLS clients for tests: mosquitto_pub/sub, openssl s_client, paho-mqtt."""
+"""Real MQTT/TLS clients for tests: mosquitto_pub/sub, openssl s_client, paho-mqtt, and a raw
+MQTT client on the stdlib ``ssl`` module (:func:`mqtt_over_tls`)."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -140,3 +142,18 @@ def server_cert_serial(port: int, ca: Path) -> int:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
+
+
+def mqtt_over_tls(port: int, ctx: ssl.SSLContext, client_id: str,
+                  session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+    """A raw MQTT 3.1.1 client on the stdlib ``ssl`` module (TLS session control that paho does
+    not give): connects, sends CONNECT (clean session, keepalive 60 s), asserts the CONNACK
+    accepted it, and returns the open socket. TLS 1.3 session tickets travel with the CONNACK,
+    so ``sock.session`` holds one from here on."""
+    tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                          server_hostname="localhost", session=session)
+    c = client_id.encode()
+    tls.sendall(bytes([0x10, 12 + len(c), 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, len(c)])
+                + c)
+    assert tls.recv(4) == b"\x20\x02\x00\x00", client_id
+    return tls

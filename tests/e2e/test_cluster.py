@@ -30,7 +30,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.certkit import Pki
-from tests.clients import connack_code, need, paho_client, s_client
+from tests.clients import connack_code, mqtt_over_tls, need, paho_client, s_client
 from tests.loopthread import LoopThread
 from tests.pkiservers import OcspResponder, TestCA
 from tests.procs import Gate, Mosquitto, free_port, wait_for, wait_port
@@ -358,12 +358,7 @@ def _tls_ctx(world: World) -> ssl.SSLContext:
 def _mqtt_session(port: int, ctx: ssl.SSLContext, cid: str,
                   session: ssl.SSLSession | None = None) -> tuple[bool, ssl.SSLSession | None]:
     """CONNECT/CONNACK (the ticket travels with the CONNACK); (resumed?, the session)."""
-    with socket.create_connection(("127.0.0.1", port)) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-        c = cid.encode()
-        tls.sendall(bytes([0x10, 12 + len(c), 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, len(c)])
-                    + c)
-        assert tls.recv(4) == b"\x20\x02\x00\x00"
+    with mqtt_over_tls(port, ctx, cid, session) as tls:
         return bool(tls.session_reused), tls.session
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.certkit import Pki
-from tests.clients import need, server_cert_serial
+from tests.clients import mqtt_over_tls, need, server_cert_serial
 from tests.conftest import GateFactory, base_toml, listener_toml
 from tests.procs import Gate, Mosquitto, free_port, wait_for
 
@@ -218,12 +218,7 @@ def _resume_once(port: int, ctx: ssl.SSLContext, cid: str,
                  session: ssl.SSLSession | None) -> ssl.SSLSession | None:
     """One MQTT session (CONNECT, CONNACK, DISCONNECT); returns the client's TLS session,
     which holds a ticket once the CONNACK (that the tickets travel with) was read."""
-    with socket.create_connection(("127.0.0.1", port)) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
-        c = cid.encode()
-        tls.sendall(bytes([0x10, 12 + len(c), 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, len(c)])
-                    + c)
-        assert tls.recv(4) == b"\x20\x02\x00\x00"
+    with mqtt_over_tls(port, ctx, cid, session) as tls:
         tls.sendall(b"\xe0\x00")
         assert tls.session_reused == (session is not None), cid
         return tls.session
@@ -317,17 +312,6 @@ def test_ticket_keys_rotate_on_every_worker_at_the_period_boundary(
     assert g.count_log(r"Traceback") == 0
 
 
-def _hold(port: int, ctx: ssl.SSLContext, cid: str) -> ssl.SSLSocket:
-    """A connected MQTT client (CONNECT answered) that stays connected."""
-    tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
-                          server_hostname="localhost")
-    c = cid.encode()
-    tls.sendall(bytes([0x10, 12 + len(c), 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, len(c)])
-                + c)
-    assert tls.recv(4) == b"\x20\x02\x00\x00"
-    return tls
-
-
 def _ping(tls: ssl.SSLSocket) -> None:
     """PINGREQ/PINGRESP: the client reads whatever the server sent before (tickets)."""
     tls.sendall(b"\xc0\x00")
@@ -355,7 +339,7 @@ def test_connections_held_across_a_key_rotation_get_a_ticket_that_resumes(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     while not 0.1 < time.time() % 2.0 < 0.6:
         time.sleep(0.02)
-    held = [_hold(port, ctx, f"held-{i}") for i in range(6)]
+    held = [mqtt_over_tls(port, ctx, f"held-{i}") for i in range(6)]
     try:
         first = [t.session for t in held]
         assert all(s is not None and s.has_ticket for s in first)
@@ -390,7 +374,7 @@ def test_long_lived_connections_get_fresh_tickets_before_theirs_expire(
     ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     t0 = time.time()
-    tls = _hold(port, ctx, "long-lived")
+    tls = mqtt_over_tls(port, ctx, "long-lived")
     try:
         first = tls.session
         assert first is not None and first.ticket_lifetime_hint == 3
