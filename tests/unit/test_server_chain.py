@@ -193,11 +193,8 @@ def test_a_leaf_only_client_certificate_gets_its_chain_once(
     native = client_context._native()
     assert native is not None
     ptr = client_context._ctx_pointer(native, built)
-    ctrl = native.SSL_CTX_ctrl
-    ctrl.restype = ctypes.c_long
-    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
     sk = ctypes.c_void_p()
-    ctrl(ptr, 115, 0, ctypes.addressof(sk))  # SSL_CTX_get0_chain_certs
+    native.SSL_CTX_ctrl(ptr, 115, 0, ctypes.addressof(sk))  # SSL_CTX_get0_chain_certs
     assert sk.value, "the chain was not built when the context was"
     ours = _client_chain_seen_by_server(pki2, built)
     with monkeypatch.context() as m:

@@ -136,34 +136,30 @@ class Gateway:
         """A new ticket-key period: every listener's contexts get its key (tickets issued in the
         period before stop resuming: those clients do one full handshake)."""
         self._rekeyer = None
-        epoch = ticket_epoch(time.time(), self.config.node.session_ticket_key_rotation)
-        for label, run in self.listeners.items():
-            rekey = getattr(run.rt.context, "rekey", None)
-            if rekey is not None:
-                try:
-                    rekey(epoch)
-                except Exception:  # keep the old key rather than take the worker down
-                    log.exception("%s: could not install the new session-ticket key", label)
-        log.debug("session-ticket keys of period %d installed", epoch)
-        self.tickets.after_rekey(time.time())
+        self._rekey_listeners()
         self._schedule_rekey()
 
-    def set_ticket_secret(self, secret: bytes) -> None:
-        """A new node secret (the cluster agreed on another node's): every listener's ticket
-        keys are derived from it from now on, and connected clients get a ticket made with
-        them. With node.session_ticket_secret_file the file keeps winning."""
-        self.ticket_secret = secret
-        if self.config.node.session_ticket_secret_file:
-            return
+    def _rekey_listeners(self, secret: bytes | None = None) -> None:
+        """Install the current period's ticket key in every listener's contexts (derived from
+        ``secret`` from now on, when given), then send connected clients a ticket made with it."""
         epoch = ticket_epoch(time.time(), self.config.node.session_ticket_key_rotation)
         for label, run in self.listeners.items():
             rekey = getattr(run.rt.context, "rekey", None)
             if rekey is not None:
                 try:
                     rekey(epoch, secret)
-                except Exception:
+                except Exception:  # keep the old key rather than take the worker down
                     log.exception("%s: could not install the new session-ticket key", label)
+        log.debug("session-ticket keys of period %d installed", epoch)
         self.tickets.after_rekey(time.time())
+
+    def set_ticket_secret(self, secret: bytes) -> None:
+        """A new node secret (the cluster agreed on another node's): every listener's ticket
+        keys are derived from it from now on, and connected clients get a ticket made with
+        them. With node.session_ticket_secret_file the file keeps winning."""
+        self.ticket_secret = secret
+        if not self.config.node.session_ticket_secret_file:
+            self._rekey_listeners(secret)
 
     def _sweep_bios(self) -> None:
         """Every second: give back the BIO buffers of connections whose large transfers are

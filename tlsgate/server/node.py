@@ -61,12 +61,11 @@ class Node:
         self.path = path
         self.toml_text = toml_text
         self.workers: dict[int, WorkerHandle] = {}
-        #: Every worker derives its session-ticket keys from this (tlsgate.tls.context), so a
-        #: client resumes on any worker, also one restarted after a crash. Memory only.
-        self.ticket_secret = os.urandom(32)
-        #: The same secret as the cluster's replicated entry (tlsgate.server.ticket_secret):
-        #: nodes of a cluster adopt the longest-running node's, so clients resume on any node.
-        self.tickets = NodeTicketSecret(self.ticket_secret, config.node.name, time.time())
+        #: Every worker derives its session-ticket keys from ``tickets.secret``
+        #: (tlsgate.tls.context), so a client resumes on any worker, also one restarted after a
+        #: crash; in a cluster it is the replicated entry (tlsgate.server.ticket_secret): nodes
+        #: adopt the longest-running node's, so clients resume on any node. Memory only.
+        self.tickets = NodeTicketSecret(os.urandom(32), config.node.name, time.time())
         self.tickets.on_change.append(self._adopt_ticket_secret)
         self.stopping = False
         self.started_at = time.time()
@@ -162,7 +161,7 @@ class Node:
         try:
             await h.peer.request("start", timeout=60.0, toml=self.toml_text, path=self.path,
                                  psk=encode_table(self.psk.merged()) if self.psk else None,
-                                 ticket_secret=self.ticket_secret.hex())
+                                 ticket_secret=self.tickets.secret.hex())
         except (ControlError, TimeoutError) as exc:
             if h.proc.returncode is None:
                 h.proc.kill()
@@ -334,7 +333,6 @@ class Node:
         return None if self.config.node.session_ticket_secret_file else self.tickets
 
     def _adopt_ticket_secret(self, secret: bytes) -> None:
-        self.ticket_secret = secret  # for workers started from now on
         log.info("session tickets: this node now uses the cluster's ticket secret (sessions "
                  "resume on every node)")
         self.tell_workers("ticket_secret", secret=secret.hex())

@@ -314,13 +314,7 @@ def complete_chain(ctx: ssl.SSLContext) -> bool:
     ptr = _ctx_pointer(native, ctx) if native is not None else None
     if native is None or ptr is None:
         return False
-    try:
-        fn = native.SSL_CTX_ctrl
-    except AttributeError:  # pragma: no cover - every libssl has it
-        return False
-    fn.restype = ctypes.c_long
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-    if fn(ptr, _BUILD_CERT_CHAIN, _BUILD_FLAGS, None) > 0:
+    if native.SSL_CTX_ctrl(ptr, _BUILD_CERT_CHAIN, _BUILD_FLAGS, None) > 0:
         return True
     native.ERR_clear_error()
     return False
@@ -397,6 +391,9 @@ def _native() -> ctypes.CDLL | None:
             lib.SSL_CTX_get_verify_depth.argtypes = [ctypes.c_void_p]
             lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
             lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            lib.SSL_CTX_ctrl.restype = ctypes.c_long
+            lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long,
+                                         ctypes.c_void_p]
             return lib
         except (OSError, AttributeError):
             continue

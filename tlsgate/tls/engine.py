@@ -452,8 +452,7 @@ class ServerSession:
     def peer_cert_der(self) -> bytes | None:
         """The client certificate as DER (None: none sent), straight from OpenSSL: the gate
         parses the subject itself (tlsgate.tls.identity), so no certificate object is built
-        per connection (pyOpenSSL + cryptography objects cost ~30 µs per mutual-TLS
-        connection, measured)."""
+        per connection (benchmarks/mtls.sh: 808 -> 747 µs per mutual-TLS connection)."""
         x = _lib.SSL_get_peer_certificate(self._ssl)  # a new reference
         if x == _ffi.NULL:
             return None
@@ -467,11 +466,6 @@ class ServerSession:
             if bio != _ffi.NULL:
                 _lib.BIO_free(bio)
             _lib.X509_free(x)
-
-    def peer_certificate(self) -> x509.Certificate | None:
-        if self.conn is None:
-            return None
-        return self.conn.get_peer_certificate(as_cryptography=True)
 
     def peer_chain(self) -> list[x509.Certificate]:
         """The verified chain (leaf first) when the client sent a certificate."""
