@@ -280,8 +280,9 @@ def test_nodes_sharing_a_ticket_secret_file_resume_each_others_sessions(
 def test_ticket_keys_rotate_on_every_worker_at_the_period_boundary(
         pki: Pki, broker: Mosquitto, make_gate: GateFactory) -> None:
     """node.session_ticket_key_rotation = 2s on a two-worker node: within a period a session
-    resumes on both workers; after the boundary (every worker re-keys at the same instant) the
-    old ticket does not resume anywhere and the new period's tickets do."""
+    resumes on both workers; after the boundary (every worker re-keys at the same instant) it
+    still resumes on both (the previous period's key is still accepted), after the next one
+    it does not resume anywhere, and the new period's tickets do."""
     port = free_port()
     cfg = base_toml(broker.port, node='session_ticket_key_rotation = "2s"\n').replace(
         "workers = 1", "workers = 2") + listener_toml("rot", port, pki)
@@ -301,10 +302,13 @@ def test_ticket_keys_rotate_on_every_worker_at_the_period_boundary(
     assert time.time() % 2.0 < 1.9, "the checks above ran into the next period"
     time.sleep(1.0)
     start_of_period()
+    for i in range(6):  # the grace period: one rotation later, on every worker
+        assert _reused(port, ctx, old), f"old ticket not resumed one period later ({i})"
+    assert time.time() % 2.0 < 1.9, "the checks above ran into the next period"
+    time.sleep(1.0)
+    start_of_period()
     for i in range(6):
-        with socket.create_connection(("127.0.0.1", port)) as raw, \
-                ctx.wrap_socket(raw, server_hostname="localhost", session=old) as tls:
-            assert not tls.session_reused, f"old ticket resumed after the boundary ({i})"
+        assert not _reused(port, ctx, old), f"old ticket resumed two periods later ({i})"
     new = _resume_once(port, ctx, "rot-new", None)
     for i in range(6):
         _resume_once(port, ctx, f"rot-new-{i}", new)
@@ -328,8 +332,9 @@ def test_connections_held_across_a_key_rotation_get_a_ticket_that_resumes(
         pki: Pki, broker: Mosquitto, make_gate: GateFactory) -> None:
     """ssl_options.session_ticket_refresh (default on) with a 2 s key rotation on two workers:
     connections held across the boundary are sent a ticket made with the new key, which
-    resumes; the ticket from their handshake no longer does (without the refresh a client that
-    stays connected past a rotation holds only a dead ticket)."""
+    resumes through the period after; the ticket from their handshake then no longer does
+    (without the refresh a client that stays connected past two rotations holds only a dead
+    ticket)."""
     port = free_port()
     cfg = base_toml(broker.port, node='session_ticket_key_rotation = "2s"\n').replace(
         "workers = 1", "workers = 2") + listener_toml("fresh", port, pki)
@@ -349,7 +354,10 @@ def test_connections_held_across_a_key_rotation_get_a_ticket_that_resumes(
         fresh = [t.session for t in held]
         for i, (old, new) in enumerate(zip(first, fresh, strict=True)):
             assert new is not None and new != old, f"connection {i} got no fresh ticket"
-            assert not _reused(port, ctx, old), f"old ticket {i} resumed after the rotation"
+        assert time.time() % 2.0 < 1.9, "the checks above ran into the next period"
+        time.sleep(2.0 - time.time() % 2.0 + 0.4)  # one more rotation
+        for i, (old, new) in enumerate(zip(first, fresh, strict=True)):
+            assert not _reused(port, ctx, old), f"old ticket {i} resumed two rotations later"
             assert _reused(port, ctx, new), f"fresh ticket {i} did not resume"
         assert time.time() % 2.0 < 1.9, "the checks above ran into the next period"
     finally:

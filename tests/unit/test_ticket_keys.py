@@ -152,36 +152,125 @@ keyfile = "{pki.server.key}"
                for p in problems), problems
 
 
+def _rotating_context(pki: Pki, opts: ServerSslOptions) -> tuple[ServerContext, int]:
+    while True:  # not across a period boundary of the 1-hour rotation
+        before = ticket_epoch(time.time(), 3600.0)
+        ctx = build_server_context(opts, "listeners.ssl.t", ticket_secret=SECRET,
+                                   ticket_rotation=3600.0)
+        if ticket_epoch(time.time(), 3600.0) == before:
+            return ctx, before
+
+
 def test_ticket_keys_rotate_by_period(pki: Pki) -> None:
     """node.session_ticket_key_rotation: the key is a function of the clock period, so every
     worker and node changes it at the same instant; after ServerContext.rekey a ticket from
-    the period before no longer resumes, one from the new period does."""
+    the period before still resumes (the client gets one under the new key with it), one
+    from two periods before does not, one from the new period does."""
     assert ticket_epoch(1000.0, 0) == 0 and ticket_epoch(1000.0, 300.0) == 3
     opts = _opts(pki)
     assert ticket_key(SECRET, "listeners.ssl.t", opts, 7) == \
         ticket_key(SECRET, "listeners.ssl.t", opts, 7)
     assert ticket_key(SECRET, "listeners.ssl.t", opts, 7) != \
         ticket_key(SECRET, "listeners.ssl.t", opts, 8)
-    while True:  # not across a period boundary of the 1-hour rotation
-        before = ticket_epoch(time.time(), 3600.0)
-        ctx = build_server_context(opts, "listeners.ssl.t", ticket_secret=SECRET,
-                                   ticket_rotation=3600.0)
-        if ticket_epoch(time.time(), 3600.0) == before:
-            break
+    ctx, before = _rotating_context(pki, opts)
     assert unbound.ticket_keys_of(ctx.ctx) == ticket_key(SECRET, "listeners.ssl.t", opts, before)
+    assert unbound.ticket_keys_of(ctx.ctx, previous=True) == \
+        ticket_key(SECRET, "listeners.ssl.t", opts, before - 1)
     assert ctx.rekey is not None
     cctx = _client_ctx(pki)
     old = _connect(pki, ctx, cctx).cli.session
+    c12 = ssl.create_default_context(cafile=str(pki.ca_pem))
+    c12.maximum_version = ssl.TLSVersion.TLSv1_2
+    old12 = _connect(pki, ctx, c12).cli.session
     ctx.rekey(before + 1)
     assert unbound.ticket_keys_of(ctx.ctx) == ticket_key(SECRET, "listeners.ssl.t", opts,
                                                          before + 1)
-    assert not _connect(pki, ctx, cctx, old).cli.session_reused
+    back12 = _connect(pki, ctx, c12, old12)
+    assert back12.cli.session_reused and back12.cli.version() == "TLSv1.2"
+    renewed12 = back12.cli.session  # TLS 1.2: OpenSSL renews the ticket (callback said 2),
+    assert renewed12 is not None  # which resumes after the next rotation too (below)
+    assert unbound.ticket_keys_of(ctx.ctx, previous=True) == \
+        ticket_key(SECRET, "listeners.ssl.t", opts, before)
+    back = _connect(pki, ctx, cctx, old)
+    assert back.cli.session_reused  # the grace period
+    renewed = back.cli.session
+    assert renewed is not None and renewed != old and renewed.has_ticket
     new = _connect(pki, ctx, cctx).cli.session
+    again = _connect(pki, ctx, cctx, new)
+    assert again.cli.session_reused
+    # TLS 1.3: every resumption brings a new ticket, also under the current key (as with
+    # OpenSSL's own key slot)
+    assert again.cli.session is not None and again.cli.session != new
+    ctx.rekey(before + 2)
+    assert not _connect(pki, ctx, cctx, old).cli.session_reused  # two periods back
+    assert not _connect(pki, ctx, c12, old12).cli.session_reused
+    assert _connect(pki, ctx, c12, renewed12).cli.session_reused
+    assert _connect(pki, ctx, cctx, renewed).cli.session_reused
     assert _connect(pki, ctx, cctx, new).cli.session_reused
     # no secret or no resumption: OpenSSL's own keys, nothing to rotate
     assert build_server_context(opts, "listeners.ssl.t").rekey is None
     assert build_server_context(_opts(pki, reuse_sessions=False), "listeners.ssl.t",
                                 ticket_secret=SECRET).rekey is None
+
+
+def test_without_the_callback_a_rotation_retires_the_previous_key(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No grace period where the ticket-key callback is unavailable (no accelerator module):
+    OpenSSL's single key slot, as before, and tickets still resume within a period."""
+    monkeypatch.setattr(unbound, "_grace", None)
+    opts = _opts(pki)
+    ctx, before = _rotating_context(pki, opts)
+    assert unbound.ticket_keys_of(ctx.ctx) == ticket_key(SECRET, "listeners.ssl.t", opts, before)
+    assert unbound.ticket_keys_of(ctx.ctx, previous=True) is None
+    cctx = _client_ctx(pki)
+    old = _connect(pki, ctx, cctx).cli.session
+    assert _connect(pki, ctx, cctx, old).cli.session_reused
+    assert ctx.rekey is not None
+    ctx.rekey(before + 1)
+    assert not _connect(pki, ctx, cctx, old).cli.session_reused
+
+
+def test_tickets_from_openssls_key_slot_resume_under_the_callback(pki: Pki) -> None:
+    """The callback keeps OpenSSL's ticket format: a ticket a context made with the same key in
+    OpenSSL's own key slot (an older tlsgate, a node without the accelerator module: a rolling
+    upgrade) resumes on a context that uses the callback, and the other way round."""
+    opts = _opts(pki)
+    key = ticket_key(SECRET, "listeners.ssl.t", opts, 0)
+    slot = build_server_context(opts, "listeners.ssl.t")  # OpenSSL's random key, no callback
+    ctrl = unbound._load()["SSL_CTX_ctrl"]
+    assert ctrl(slot.ctx._context, 59, unbound.TICKET_KEY_LEN, key) == 1  # SET_TICKET_KEYS
+    assert unbound.ticket_keys_of(slot.ctx) == key
+    cb = build_server_context(opts, "listeners.ssl.t", ticket_secret=SECRET)
+    assert unbound.grace_missing() == "" and unbound.ticket_keys_of(cb.ctx) == key
+    cctx = _client_ctx(pki)
+    from_slot = _connect(pki, slot, cctx).cli.session
+    assert _connect(pki, cb, cctx, from_slot).cli.session_reused
+    from_cb = _connect(pki, cb, cctx).cli.session
+    assert _connect(pki, slot, cctx, from_cb).cli.session_reused
+    # and a context with another secret takes neither
+    other = build_server_context(opts, "listeners.ssl.t", ticket_secret=bytes(32))
+    assert not _connect(pki, other, cctx, from_slot).cli.session_reused
+    assert not _connect(pki, other, cctx, from_cb).cli.session_reused
+
+
+def test_a_new_secret_keeps_the_tickets_made_under_the_old_one(pki: Pki) -> None:
+    """rekey(period, new_secret) (the node adopts the cluster's secret): tickets this node made
+    so far still resume, until the next rotation."""
+    opts = _opts(pki)
+    ctx, before = _rotating_context(pki, opts)
+    assert ctx.rekey is not None
+    cctx = _client_ctx(pki)
+    old = _connect(pki, ctx, cctx).cli.session
+    cluster = bytes(range(100, 132))
+    ctx.rekey(before, cluster)
+    assert unbound.ticket_keys_of(ctx.ctx) == ticket_key(cluster, "listeners.ssl.t", opts, before)
+    assert _connect(pki, ctx, cctx, old).cli.session_reused
+    fresh = _connect(pki, ctx, cctx).cli.session
+    ctx.rekey(before + 1)  # on the cluster's secret from now on
+    assert unbound.ticket_keys_of(ctx.ctx) == ticket_key(cluster, "listeners.ssl.t", opts,
+                                                         before + 1)
+    assert not _connect(pki, ctx, cctx, old).cli.session_reused
+    assert _connect(pki, ctx, cctx, fresh).cli.session_reused
 
 
 def test_session_lifetime_is_what_clients_are_told(pki: Pki) -> None:

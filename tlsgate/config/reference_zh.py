@@ -134,11 +134,11 @@ ZH: dict[str, tuple[str, str]] = {
     "node.session_ticket_key_rotation": (
         "Session-ticket keys change at every multiple of this on the clock (the same instant "
         "on every worker and node), so a leaked key exposes at most one period of TLS 1.2 "
-        "resumptions; a ticket from the period before no longer resumes (one full handshake). "
-        "0 = never.",
+        "resumptions; a ticket from the period before still resumes (and the client gets a "
+        "fresh one), an older one does not (one full handshake). 0 = never.",
         "会话票据密钥在时钟上每到该时长的整数倍时更换（所有 worker 和节点在同一时刻更换），"
-        "因此泄露的密钥最多暴露一个周期内的 TLS 1.2 会话恢复；上一周期的票据不再能恢复"
-        "（客户端做一次完整握手）。0 = 从不更换。"),
+        "因此泄露的密钥最多暴露一个周期内的 TLS 1.2 会话恢复；上一周期的票据仍可恢复"
+        "（客户端随即获得新票据），更早的票据不再能恢复（客户端做一次完整握手）。0 = 从不更换。"),
     # [log]
     "[log]": (
         "Logging: level, format (text or JSON), the per-connection access log, destination.",
@@ -246,12 +246,13 @@ ZH: dict[str, tuple[str, str]] = {
         "OpenSSL 默认的 2 张每个连接多花约 35 µs CPU 和约 250 字节。"),
     f"{_SSL}.session_lifetime": (
         "How long a session ticket resumes (the lifetime the client is told; at most 7 days, "
-        "RFC 8446). A ticket also stops resuming when the ticket keys rotate "
-        "(node.session_ticket_key_rotation). OpenSSL's default is 2 h; MQTT clients stay "
+        "RFC 8446). A ticket also stops resuming once the ticket keys have rotated twice "
+        "since it was made (node.session_ticket_key_rotation). OpenSSL's default is 2 h; MQTT "
+        "clients stay "
         "connected for days and reconnect all at once after an outage, when resuming helps "
         "most.",
         "会话票据可用于恢复会话的时长（告知客户端的有效期；最长 7 天，RFC 8446）。"
-        "票据密钥轮换（node.session_ticket_key_rotation）后票据同样失效。"
+        "票据签发后票据密钥轮换两次（node.session_ticket_key_rotation）后同样失效。"
         "OpenSSL 默认为 2 小时；MQTT 客户端往往连续在线数天，并在故障后同时重连，"
         "这时会话恢复最有用。"),
     f"{_SSL}.session_ticket_refresh": (

@@ -72,7 +72,8 @@ class NodeConfig(Section):
         86400.0, description="Session-ticket keys change at every multiple of this on the "
                              "clock (the same instant on every worker and node), so a leaked "
                              "key exposes at most one period of TLS 1.2 resumptions; a ticket "
-                             "from the period before no longer resumes (one full handshake). "
+                             "from the period before still resumes (and the client gets a "
+                             "fresh one), an older one does not (one full handshake). "
                              "0 = never.")
 
     def worker_count(self) -> int:
@@ -198,8 +199,9 @@ class ServerSslOptions(Section):
         "OpenSSL's default of 2 costs ~35 µs of CPU and ~250 bytes more per connection."))
     session_lifetime: Duration = Field(86400.0, ge=1, le=604800, description=(
         "How long a session ticket resumes (the lifetime the client is told; at most 7 days, "
-        "RFC 8446). A ticket also stops resuming when the ticket keys rotate "
-        "(node.session_ticket_key_rotation). OpenSSL's default is 2 h; MQTT clients stay "
+        "RFC 8446). A ticket also stops resuming once the ticket keys have rotated twice "
+        "since it was made (node.session_ticket_key_rotation). OpenSSL's default is 2 h; MQTT "
+        "clients stay "
         "connected for days and reconnect all at once after an outage, when resuming helps "
         "most."))
     session_ticket_refresh: bool = Field(True, description=(

@@ -58,6 +58,9 @@ class Worker:
             if why:
                 log.warning("TLS session tickets: each worker has its own keys, so a client "
                             "resumes only on the worker it had before (%s)", why)
+            elif unbound.grace_missing():
+                log.warning("TLS session tickets: a ticket-key rotation retires the previous "
+                            "period's tickets at once (%s)", unbound.grace_missing())
         secret = args.get("ticket_secret")
         gw = Gateway(config, args.get("path"), reuse_port=True, node=lambda: self.peer,
                      ticket_secret=bytes.fromhex(secret) if secret else None)

@@ -103,7 +103,8 @@ class ServerContext:
     #: Installs the session-ticket key of a period (``ticket_epoch``) in this context and its
     #: SNI contexts; None when the keys are OpenSSL's own (no secret, or resumption off).
     #: ``rekey(period, new_secret=None)``: install the ticket key of ``period`` (derived from
-    #: ``new_secret`` from now on, when given).
+    #: ``new_secret`` from now on, when given), the key before it still accepted: the previous
+    #: period's, or the old secret's after a change of secret.
     rekey: Callable[..., None] | None = None
 
     def all_chains(self) -> dict[str, list[x509.Certificate]]:
@@ -172,7 +173,8 @@ def ticket_key(secret: bytes, key: str, opts: ServerSslOptions, epoch: int = 0) 
 
 
 def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
-                  session_id: bytes, tickets: bytes | None = None) -> VerifyCallback | None:
+                  session_id: bytes, tickets: bytes | None = None,
+                  previous: bytes | None = None) -> VerifyCallback | None:
     """Everything but the certificate: versions, suites, verification, session handling.
     Returns the Python verify callback installed (None: OpenSSL's own checks only)."""
     verify_cb: VerifyCallback | None = None
@@ -195,7 +197,7 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
     # reuse off: none at all (TLS 1.3 would still get session-id tickets that never resume)
     unbound.set_num_tickets(ctx, opts.session_tickets if opts.reuse_sessions else 0)
     if tickets is not None:  # only built when reuse_sessions is on
-        unbound.set_ticket_keys(ctx, tickets)
+        unbound.set_ticket_keys(ctx, tickets, previous)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     # pyOpenSSL turns partial writes on for every context it makes; the engine writes whole
     # chunks into a memory BIO (which never blocks) with one SSL_write, so it must be off:
@@ -358,9 +360,14 @@ def build_server_context(opts: ServerSslOptions, key: str,
     session_id = ("tlsgate:" + key).encode()[:32]
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     epoch = ticket_epoch(time.time(), ticket_rotation)
-    tickets = (ticket_key(ticket_secret, key, opts, epoch)
-               if ticket_secret and opts.reuse_sessions else None)
-    verify_cb = _apply_common(ctx, opts, c, session_id, tickets)
+    tickets = previous = None
+    if ticket_secret and opts.reuse_sessions:
+        tickets = ticket_key(ticket_secret, key, opts, epoch)
+        # the period before's tickets still resume (unbound.set_ticket_keys: a fresh one
+        # replaces each), so a rotation costs no client a full handshake
+        previous = ticket_key(ticket_secret, key, opts, epoch - 1) if ticket_rotation > 0 \
+            else None
+    verify_cb = _apply_common(ctx, opts, c, session_id, tickets, previous)
     # No certificate: a TLS-PSK-only listener (the config allows it only with PSK enabled).
     chain = (_load_identity(ctx, opts.certfile, opts.keyfile, opts.password, c)
              if opts.certfile else [])
@@ -369,7 +376,7 @@ def build_server_context(opts: ServerSslOptions, key: str,
     sni_chains: dict[str, list[x509.Certificate]] = {}
     for i, entry in enumerate(opts.sni):
         sctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        _apply_common(sctx, opts, _Collector(""), session_id, tickets)
+        _apply_common(sctx, opts, _Collector(""), session_id, tickets, previous)
         sni_chains[entry.server_name] = _load_identity(
             sctx, entry.certfile, entry.keyfile, entry.password, c, key_prefix=f"sni[{i}].")
         sni[entry.server_name] = sctx
@@ -414,11 +421,17 @@ def build_server_context(opts: ServerSslOptions, key: str,
 
         def rekey(period: int, new_secret: bytes | None = None) -> None:
             nonlocal secret
-            if new_secret is not None:  # the node's secret changed (cluster)
+            if new_secret is not None and new_secret != secret:
+                # the node's secret changed (cluster): the tickets this node made so far
+                # (under the old secret's current key) still resume
+                prev: bytes | None = ticket_key(secret, key, opts, period)
                 secret = new_secret
+            else:
+                prev = ticket_key(secret, key, opts, period - 1) if ticket_rotation > 0 \
+                    else None
             k = ticket_key(secret, key, opts, period)
             for one in contexts:
-                unbound.set_ticket_keys(one, k)
+                unbound.set_ticket_keys(one, k, prev)
 
     return ServerContext(ctx=ctx, chain=chain, certfile=opts.certfile, sni=sni,
                          sni_chains=sni_chains, opts=opts, keepalive=keep,

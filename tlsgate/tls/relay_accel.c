@@ -150,3 +150,167 @@ static int tg_encrypt_send(void *ssl, void *wbio, char *in, int n, char *out, in
         res[2] = tg_write_fd(fd, out, o);
     return o;
 }
+
+/* ---- Session-ticket keys with a grace period ------------------------------------------------
+ * Not part of the relay loops, but the same kind of code: a few OpenSSL calls that must run
+ * in C (here because OpenSSL calls them, once per ticket it makes or reads). tlsgate's ticket
+ * keys rotate by period (node.session_ticket_key_rotation); OpenSSL's own key slot
+ * (SSL_CTRL_SET_TLSEXT_TICKET_KEYS) holds one key, so at each rotation every ticket a
+ * disconnected client holds stopped resuming. tg_ticket_cb is OpenSSL's ticket-key callback
+ * (SSL_CTX_set_tlsext_ticket_key_evp_cb) over two keys: it encrypts new tickets with the
+ * current key and accepts tickets under the current or the previous one (asking OpenSSL to
+ * issue a fresh ticket for the latter). The key format and the ticket format are OpenSSL's
+ * own (16-byte name, HMAC-SHA256 key, AES-256-CBC key), so tickets made by OpenSSL's key slot
+ * with the same key -- an older tlsgate, a node without this module -- resume too. The keys
+ * live in the SSL_CTX's ex_data, freed (and wiped) by OpenSSL with the context; the function
+ * addresses come from tlsgate/tls/unbound.py (the bundled OpenSSL's symbol table). */
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    unsigned char name[16], hmac[32], aes[32]; /* SSL_CTRL_SET_TLSEXT_TICKET_KEYS layout */
+} tg_tkey;
+
+typedef struct {
+    tg_tkey cur, prev;
+    int has_prev;
+} tg_tkeys;
+
+typedef struct { /* OSSL_PARAM */
+    const char *key;
+    unsigned int data_type;
+    void *data;
+    size_t data_size;
+    size_t return_size;
+} tg_param;
+
+static int (*tg_RAND_bytes)(unsigned char *, int);
+static int (*tg_EncryptInit)(void *, const void *, void *, const unsigned char *,
+                             const unsigned char *);
+static int (*tg_DecryptInit)(void *, const void *, void *, const unsigned char *,
+                             const unsigned char *);
+static const void *(*tg_aes_256_cbc)(void);
+static int (*tg_MAC_set_params)(void *, const tg_param *);
+static void *(*tg_SSL_get_SSL_CTX)(const void *);
+static int (*tg_SSL_version)(const void *);
+static void *(*tg_CTX_get_ex_data)(const void *, int);
+static int (*tg_CTX_set_ex_data)(void *, int, void *);
+static int (*tg_set_evp_cb)(void *, void *);
+static void (*tg_cleanse)(void *, size_t);
+static int tg_tk_index = -1;
+
+static void tg_tkeys_free(void *parent, void *ptr, void *ad, int idx, long argl, void *argp)
+{
+    (void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
+    if (ptr) {
+        tg_cleanse(ptr, sizeof(tg_tkeys));
+        free(ptr);
+    }
+}
+
+/* One key into the cipher and MAC contexts OpenSSL hands over (as its own key slot does). */
+static int tg_tkey_use(const tg_tkey *k, unsigned char *iv, void *cctx, void *hctx, int enc)
+{
+    static char digest[] = "SHA256";
+    tg_param params[3] = {
+        {"key", 5 /* OSSL_PARAM_OCTET_STRING */, (void *)k->hmac, sizeof k->hmac, (size_t)-1},
+        {"digest", 4 /* OSSL_PARAM_UTF8_STRING */, digest, sizeof digest - 1, (size_t)-1},
+        {0, 0, 0, 0, 0},
+    };
+    int ok = enc ? tg_EncryptInit(cctx, tg_aes_256_cbc(), 0, k->aes, iv)
+                 : tg_DecryptInit(cctx, tg_aes_256_cbc(), 0, k->aes, iv);
+    return ok == 1 && tg_MAC_set_params(hctx, params) == 1;
+}
+
+/* SSL_CTX_set_tlsext_ticket_key_evp_cb's callback. Encrypting: the current key (1), or no
+ * ticket (0) if the context has no keys. Decrypting: 2 ("valid, send a fresh one") under the
+ * previous key, and under the current key in TLS 1.3 (what OpenSSL's own key slot does: a
+ * TLS 1.3 resumption always brings a new ticket); 1 under the current key in TLS 1.2; 0 for
+ * any other key name (a full handshake). */
+static int tg_ticket_cb(void *ssl, unsigned char *name, unsigned char *iv, void *cctx,
+                        void *hctx, int enc)
+{
+    const tg_tkeys *k = tg_CTX_get_ex_data(tg_SSL_get_SSL_CTX(ssl), tg_tk_index);
+    if (!k)
+        return 0;
+    if (enc) {
+        if (tg_RAND_bytes(iv, 16) != 1)
+            return -1;
+        memcpy(name, k->cur.name, 16);
+        return tg_tkey_use(&k->cur, iv, cctx, hctx, 1) ? 1 : -1;
+    }
+    if (memcmp(name, k->cur.name, 16) == 0)
+        return tg_tkey_use(&k->cur, iv, cctx, hctx, 0)
+                   ? (tg_SSL_version(ssl) >= 0x0304 /* TLS1_3_VERSION */ ? 2 : 1) : -1;
+    if (k->has_prev && memcmp(name, k->prev.name, 16) == 0)
+        return tg_tkey_use(&k->prev, iv, cctx, hctx, 0) ? 2 : -1;
+    return 0;
+}
+
+/* The OpenSSL functions (addresses), and the SSL_CTX ex_data index for the keys; returns 1,
+ * or 0 if OpenSSL gave no index. */
+static int tg_tickets_init(void *rand_bytes, void *encrypt_init, void *decrypt_init,
+                           void *aes_256_cbc, void *mac_set_params, void *ssl_get_ssl_ctx,
+                           void *ctx_get_ex_data, void *ctx_set_ex_data, void *set_evp_cb,
+                           void *cleanse, void *get_ex_new_index, void *ssl_version)
+{
+    int (*new_index)(int, long, void *, void *, void *, void *) =
+        (int (*)(int, long, void *, void *, void *, void *))get_ex_new_index;
+    if (tg_tk_index >= 0)
+        return 1;
+    tg_RAND_bytes = (int (*)(unsigned char *, int))rand_bytes;
+    tg_EncryptInit = (int (*)(void *, const void *, void *, const unsigned char *,
+                              const unsigned char *))encrypt_init;
+    tg_DecryptInit = (int (*)(void *, const void *, void *, const unsigned char *,
+                              const unsigned char *))decrypt_init;
+    tg_aes_256_cbc = (const void *(*)(void))aes_256_cbc;
+    tg_MAC_set_params = (int (*)(void *, const tg_param *))mac_set_params;
+    tg_SSL_get_SSL_CTX = (void *(*)(const void *))ssl_get_ssl_ctx;
+    tg_CTX_get_ex_data = (void *(*)(const void *, int))ctx_get_ex_data;
+    tg_CTX_set_ex_data = (int (*)(void *, int, void *))ctx_set_ex_data;
+    tg_set_evp_cb = (int (*)(void *, void *))set_evp_cb;
+    tg_cleanse = (void (*)(void *, size_t))cleanse;
+    tg_SSL_version = (int (*)(const void *))ssl_version;
+    /* CRYPTO_EX_INDEX_SSL_CTX = 1 */
+    tg_tk_index = new_index(1, 0, 0, 0, 0, (void *)tg_tkeys_free);
+    return tg_tk_index >= 0;
+}
+
+/* Install cur (and prev, or NULL) as the context's ticket keys, and the callback; 1 on
+ * success. Called again at every rotation: the keys are replaced in place. */
+static int tg_tickets_set(void *ctx, const char *cur, const char *prev)
+{
+    tg_tkeys *k;
+    if (tg_tk_index < 0)
+        return 0;
+    k = tg_CTX_get_ex_data(ctx, tg_tk_index);
+    if (!k) {
+        k = calloc(1, sizeof *k);
+        if (!k)
+            return 0;
+        if (tg_CTX_set_ex_data(ctx, tg_tk_index, k) != 1) {
+            free(k);
+            return 0;
+        }
+    }
+    memcpy(&k->cur, cur, sizeof k->cur);
+    if (prev)
+        memcpy(&k->prev, prev, sizeof k->prev);
+    else
+        tg_cleanse(&k->prev, sizeof k->prev);
+    k->has_prev = prev != 0;
+    return tg_set_evp_cb(ctx, (void *)tg_ticket_cb) == 1;
+}
+
+/* The context's keys into out (160 bytes: current, previous); returns 0 if it has none,
+ * 1 with only a current key, 2 with both. For tests. */
+static int tg_tickets_get(void *ctx, char *out)
+{
+    const tg_tkeys *k;
+    if (tg_tk_index < 0 || !(k = tg_CTX_get_ex_data(ctx, tg_tk_index)))
+        return 0;
+    memcpy(out, &k->cur, sizeof k->cur);
+    memcpy(out + sizeof k->cur, &k->prev, sizeof k->prev);
+    return k->has_prev ? 2 : 1;
+}

@@ -10,6 +10,14 @@ of it; these calls tlsgate needs are not in that subset:
 * ``SSL_CTX_ctrl(SSL_CTRL_SET_TLSEXT_TICKET_KEYS)`` -- the session-ticket keys, so that every
   worker of a node (and every context a reload builds) encrypts and accepts the same tickets:
   a client resumes on whichever worker SO_REUSEPORT hands it to (SPEC section 8);
+* ``SSL_CTX_set_tlsext_ticket_key_evp_cb`` and what its callback needs (``EVP_EncryptInit_ex``,
+  ``EVP_DecryptInit_ex``, ``EVP_aes_256_cbc``, ``EVP_MAC_CTX_set_params``, ``RAND_bytes``,
+  ``SSL_get_SSL_CTX``, ``SSL_version``, ``SSL_CTX_get/set_ex_data``,
+  ``CRYPTO_get_ex_new_index``, ``OPENSSL_cleanse``) -- the same keys, plus the previous
+  period's key accepted for a grace period after each rotation. OpenSSL's key slot above
+  holds one key; the callback is C code in tlsgate's accelerator module
+  (tlsgate/tls/relay_accel.c, ``tg_ticket_cb``), so the grace period needs that module as
+  well: without it, rotation works as with the key slot alone;
 * ``SSL_new_session_ticket`` -- send a TLS 1.3 client a fresh session ticket on a connection
   that is already up (tlsgate.gateway.tickets: long-lived MQTT connections get one before the
   last expires and after each ticket-key rotation);
@@ -41,8 +49,8 @@ from typing import Any
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-__all__ = ["TICKET_KEY_LEN", "build_cert_chain", "missing", "new_session_ticket",
-           "set_num_tickets", "set_ticket_keys"]
+__all__ = ["TICKET_KEY_LEN", "build_cert_chain", "grace_missing", "missing",
+           "new_session_ticket", "set_num_tickets", "set_ticket_keys"]
 
 #: SSL_CTRL_SET_TLSEXT_TICKET_KEYS / ..._GET_...: 16-byte key name, 32-byte HMAC key, 32-byte
 #: AES key (OpenSSL 1.1.0 and later).
@@ -56,6 +64,12 @@ _CTRL_GET_CHAIN_CERTS = 115
 _BUILD_FLAGS = 0x8 | 0x10
 
 _WANTED = ("SSL_CTX_set_num_tickets", "SSL_CTX_ctrl", "SSL_new_session_ticket")
+#: For the ticket-key callback (relay_accel.c, tg_tickets_init's order); optional: without them
+#: the key slot is used and a rotation retires the previous key at once.
+_GRACE_WANTED = ("RAND_bytes", "EVP_EncryptInit_ex", "EVP_DecryptInit_ex", "EVP_aes_256_cbc",
+                 "EVP_MAC_CTX_set_params", "SSL_get_SSL_CTX", "SSL_CTX_get_ex_data",
+                 "SSL_CTX_set_ex_data", "SSL_CTX_set_tlsext_ticket_key_evp_cb",
+                 "OPENSSL_cleanse", "CRYPTO_get_ex_new_index", "SSL_version")
 #: Bound functions whose cffi wrapper addresses pin the load address down.
 _ANCHORS = ("SSL_CTX_new", "SSL_new", "SSL_CTX_free")
 
@@ -93,7 +107,7 @@ def _elf_functions(path: str, names: set[bytes]) -> dict[bytes, int]:
 
 
 def _load() -> dict[str, Any]:
-    global _fns, _why
+    global _fns, _why, _grace_why
     if _fns is not None:
         return _fns
     _fns = {}
@@ -102,7 +116,7 @@ def _load() -> dict[str, Any]:
 
         path = rust_module.__file__
         raw = getattr(_lib, "_original_lib", _lib)
-        names = {n.encode() for n in _WANTED}
+        names = {n.encode() for n in (*_WANTED, *_GRACE_WANTED)}
         names |= {f"_cffi_d_{n}".encode() for n in _ANCHORS}
         names |= {n.encode() for n in _ANCHORS}
         syms = _elf_functions(str(path), names)
@@ -128,11 +142,47 @@ def _load() -> dict[str, Any]:
             "SSL_new_session_ticket": _ffi.cast(
                 "int (*)(SSL *)", base + syms[b"SSL_new_session_ticket"]),
         }
+        found = (base, syms)
     except (ImportError, AttributeError, OSError, ValueError, LookupError, struct.error,
             TypeError, _ffi.error) as exc:
         _why = f"OpenSSL's {', '.join(_WANTED)} not found in cryptography's library: {exc}"
         _fns = {}
+        return _fns
+    try:
+        _init_grace(*found)
+    except Exception as exc:  # the grace period is optional; the key slot still works
+        _grace_why = f"ticket-key callback unavailable: {exc}"
     return _fns
+
+
+_grace: Any = None  # tlsgate.tls._relayc's lib once tg_tickets_init succeeded
+_grace_why = "not looked for yet"
+
+
+def _init_grace(base: int, syms: dict[bytes, int]) -> None:
+    global _grace, _grace_why
+    absent = [n for n in _GRACE_WANTED if n.encode() not in syms]
+    if absent:
+        _grace_why = ", ".join(absent) + " not in the symbol table"
+        return
+    try:
+        import importlib
+
+        mod = importlib.import_module("tlsgate.tls._relayc")
+        init = mod.lib.tg_tickets_init
+    except (ImportError, AttributeError):
+        _grace_why = "tlsgate.tls._relayc was not built at install (no C compiler or headers)"
+        return
+    if init(*(mod.ffi.cast("void *", base + syms[n.encode()]) for n in _GRACE_WANTED)) != 1:
+        _grace_why = "OpenSSL gave no SSL_CTX ex_data index"
+        return
+    _grace, _grace_why = mod, ""
+
+
+def grace_missing() -> str:
+    """"" when a rotation keeps accepting the previous period's tickets, else why not."""
+    _load()
+    return _grace_why if _fns else (_why or _grace_why)
 
 
 def missing() -> str:
@@ -147,14 +197,21 @@ def set_num_tickets(ctx: Any, n: int) -> bool:
     return fn is not None and fn(ctx._context, n) == 1
 
 
-def set_ticket_keys(ctx: Any, key: bytes) -> bool:
-    """Install ``key`` (:data:`TICKET_KEY_LEN` bytes) as the context's session-ticket key;
-    False when unavailable."""
-    if len(key) != TICKET_KEY_LEN:
+def set_ticket_keys(ctx: Any, key: bytes, previous: bytes | None = None) -> bool:
+    """Install ``key`` (:data:`TICKET_KEY_LEN` bytes) as the context's session-ticket key, and
+    ``previous`` as a key whose tickets are still accepted (a fresh ticket replaces them);
+    False when unavailable. Without the callback (:func:`grace_missing`) ``previous`` is
+    ignored: only ``key``'s tickets resume. Call it again to replace both."""
+    if len(key) != TICKET_KEY_LEN or (previous is not None and len(previous) != TICKET_KEY_LEN):
         raise ValueError(f"a ticket key is {TICKET_KEY_LEN} bytes")
     fn = _load().get("SSL_CTX_ctrl")
     if fn is None:
         return False
+    if _grace is not None:
+        # the callback from now on (also with no previous key: once installed, it is what
+        # OpenSSL asks, so the key slot must not be the one updated)
+        return int(_grace.lib.tg_tickets_set(
+            ctx._context, key, previous if previous is not None else _grace.ffi.NULL)) == 1
     buf = _ffi.new("unsigned char[]", key)
     try:
         return int(fn(ctx._context, _CTRL_SET_TICKET_KEYS, TICKET_KEY_LEN, buf)) == 1
@@ -214,10 +271,21 @@ def chain_certs_of(ctx: Any) -> list[bytes] | None:
     return certs
 
 
-def ticket_keys_of(ctx: Any) -> bytes | None:
-    """The context's current ticket key (tests compare contexts with it), or None."""
+def ticket_keys_of(ctx: Any, previous: bool = False) -> bytes | None:
+    """The context's current ticket key (tests compare contexts with it), or with
+    ``previous`` the one still accepted beside it; None when there is none."""
     fn = _load().get("SSL_CTX_ctrl")
     if fn is None:
+        return None
+    if _grace is not None:
+        out = _grace.ffi.new("char[]", 2 * TICKET_KEY_LEN)
+        n = int(_grace.lib.tg_tickets_get(ctx._context, out))
+        if n:
+            if previous:
+                return bytes(_grace.ffi.buffer(out, 2 * TICKET_KEY_LEN))[TICKET_KEY_LEN:] \
+                    if n == 2 else None
+            return bytes(_grace.ffi.buffer(out, TICKET_KEY_LEN))
+    if previous:
         return None
     buf = _ffi.new("unsigned char[]", TICKET_KEY_LEN)
     if int(fn(ctx._context, _CTRL_GET_TICKET_KEYS, TICKET_KEY_LEN, buf)) != 1:
