@@ -213,6 +213,32 @@ def test_ticket_keys_rotate_by_period(pki: Pki) -> None:
                                 ticket_secret=SECRET).rekey is None
 
 
+def test_sni_contexts_share_the_listeners_keys_and_grace(pki: Pki) -> None:
+    """A client whose SNI selects an ``sni`` entry's context: its tickets come from the same
+    keys (OpenSSL asks the listener's context, the callback reads the selected one's), resume,
+    and still resume one rotation later."""
+    opts = _opts(pki, sni=[{"server_name": "localhost", "certfile": str(pki.server.cert),
+                            "keyfile": str(pki.server.key)}])
+    ctx, before = _rotating_context(pki, opts)
+    assert set(ctx.sni) == {"localhost"}
+    for one in (ctx.ctx, ctx.sni["localhost"]):
+        assert unbound.ticket_keys_of(one) == ticket_key(SECRET, "listeners.ssl.t", opts, before)
+    cctx = _client_ctx(pki)
+    first = _connect(pki, ctx, cctx)
+    assert first.sess.conn is not None
+    assert first.sess.conn.get_context() is ctx.sni["localhost"]  # the SNI entry's context
+    old = first.cli.session
+    assert _connect(pki, ctx, cctx, old).cli.session_reused
+    assert ctx.rekey is not None
+    ctx.rekey(before + 1)
+    for one in (ctx.ctx, ctx.sni["localhost"]):
+        assert unbound.ticket_keys_of(one, previous=True) == \
+            ticket_key(SECRET, "listeners.ssl.t", opts, before)
+    assert _connect(pki, ctx, cctx, old).cli.session_reused
+    ctx.rekey(before + 2)
+    assert not _connect(pki, ctx, cctx, old).cli.session_reused
+
+
 def test_without_the_callback_a_rotation_retires_the_previous_key(
         pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
     """No grace period where the ticket-key callback is unavailable (no accelerator module):
