@@ -277,23 +277,32 @@ def test_nodes_sharing_a_ticket_secret_file_resume_each_others_sessions(
         assert not tls.session_reused
 
 
+def _two_workers_rotating(pki: Pki, broker: Mosquitto, make_gate: GateFactory,
+                          name: str) -> tuple[Gate, int, ssl.SSLContext]:
+    """A two-worker node whose ticket keys rotate every 2 s, and a TLS 1.3 client context."""
+    port = free_port()
+    cfg = base_toml(broker.port, node='session_ticket_key_rotation = "2s"\n').replace(
+        "workers = 1", "workers = 2") + listener_toml(name, port, pki)
+    g = make_gate(cfg, [port])
+    wait_for(lambda: len(g.worker_pids()) == 2, 10, "two workers")
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return g, port, ctx
+
+
+def start_of_period() -> None:
+    """Wait until 0.1-0.6 s after a 2 s boundary: every worker's re-key timer has run."""
+    while not 0.1 < time.time() % 2.0 < 0.6:
+        time.sleep(0.02)
+
+
 def test_ticket_keys_rotate_on_every_worker_at_the_period_boundary(
         pki: Pki, broker: Mosquitto, make_gate: GateFactory) -> None:
     """node.session_ticket_key_rotation = 2s on a two-worker node: within a period a session
     resumes on both workers; after the boundary (every worker re-keys at the same instant) it
     still resumes on both (the previous period's key is still accepted), after the next one
     it does not resume anywhere, and the new period's tickets do."""
-    port = free_port()
-    cfg = base_toml(broker.port, node='session_ticket_key_rotation = "2s"\n').replace(
-        "workers = 1", "workers = 2") + listener_toml("rot", port, pki)
-    g = make_gate(cfg, [port])
-    wait_for(lambda: len(g.worker_pids()) == 2, 10, "two workers")
-    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-
-    def start_of_period() -> None:  # 0.1-0.6 s after a boundary: the re-key timers have run
-        while not 0.1 < time.time() % 2.0 < 0.6:
-            time.sleep(0.02)
+    g, port, ctx = _two_workers_rotating(pki, broker, make_gate, "rot")
 
     start_of_period()
     old = _resume_once(port, ctx, "rot-old", None)
@@ -335,15 +344,8 @@ def test_connections_held_across_a_key_rotation_get_a_ticket_that_resumes(
     resumes through the period after; the ticket from their handshake then no longer does
     (without the refresh a client that stays connected past two rotations holds only a dead
     ticket)."""
-    port = free_port()
-    cfg = base_toml(broker.port, node='session_ticket_key_rotation = "2s"\n').replace(
-        "workers = 1", "workers = 2") + listener_toml("fresh", port, pki)
-    g = make_gate(cfg, [port])
-    wait_for(lambda: len(g.worker_pids()) == 2, 10, "two workers")
-    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    while not 0.1 < time.time() % 2.0 < 0.6:
-        time.sleep(0.02)
+    g, port, ctx = _two_workers_rotating(pki, broker, make_gate, "fresh")
+    start_of_period()
     held = [mqtt_over_tls(port, ctx, f"held-{i}") for i in range(6)]
     try:
         first = [t.session for t in held]
