@@ -118,6 +118,33 @@ def test_a_rekey_refreshes_every_connection_admitted_before_it_once() -> None:
     asyncio.run(main())
 
 
+def test_a_rotation_with_the_previous_key_accepted_waits_for_the_sweep() -> None:
+    """after_rekey(grace=rotation period): where the sweep comes at least once per rotation
+    period, the connections' tickets (made with the previous key, still accepted for a period)
+    are left to the next sweep instead of all getting one at the boundary; a listener swept
+    less often than that still gets them at once, and so does a change of secret (no grace)."""
+    async def main() -> None:
+        reg = Registry()
+        swept = _listener(reg, session_lifetime="30s")  # swept every 10 s
+        slow = _listener(reg, label="ssl:slow", session_lifetime="1h")  # every 20 min
+        r = TicketRefresher(lambda: [swept, slow])
+        r.tick(0.0)
+        a = _conn(reg, started=1.0)
+        s = _conn(reg, started=1.0, label="ssl:slow")
+        r.after_rekey(5.0, grace=60.0)  # a rotation every minute
+        await _settle(r)
+        assert (a.tickets, s.tickets) == (0, 1)
+        r.tick(10.0)  # the sweeps on their usual schedule (this one: a still has its
+        r.tick(20.0)  # handshake's ticket; this one covers it)
+        await _settle(r)
+        assert (a.tickets, s.tickets) == (1, 1)
+        r.after_rekey(22.0)  # a new secret: no grace
+        await _settle(r)
+        assert (a.tickets, s.tickets) == (2, 2)
+
+    asyncio.run(main())
+
+
 def test_large_sweeps_are_spread_over_loop_turns(monkeypatch: Any) -> None:
     async def main() -> None:
         monkeypatch.setattr(tickets, "BATCH", 100)
@@ -136,4 +163,30 @@ def test_large_sweeps_are_spread_over_loop_turns(monkeypatch: Any) -> None:
         await asyncio.sleep(0)
         assert r.pending() == 0 and all(g.tickets == 1 for g in gates)
 
+    asyncio.run(main())
+
+
+def test_the_gateway_passes_the_grace_only_for_a_rotation(monkeypatch: Any) -> None:
+    """Gateway._rekey_listeners: a plain rotation tells the refresher the previous key is still
+    accepted for a rotation period (when the ticket-key callback exists); a change of secret,
+    or no callback, does not."""
+    from tlsgate.config import parse
+    from tlsgate.server.app import Gateway
+    from tlsgate.tls import unbound
+
+    async def main() -> None:
+        cfg = parse({"node": {"session_ticket_key_rotation": "6h"},
+                     "listeners": {"ssl": {"t": {"bind": "127.0.0.1:0", "ssl_options": {
+                         "certfile": "c.pem", "keyfile": "k.pem"}}}}})
+        gw = Gateway(cfg, None)
+        calls: list[float] = []
+        monkeypatch.setattr(gw.tickets, "after_rekey", lambda now, grace=0.0: calls.append(grace))
+        gw._rekey_listeners()
+        gw._rekey_listeners(bytes(32))
+        monkeypatch.setattr(unbound, "_grace", None)
+        monkeypatch.setattr(unbound, "_grace_why", "no module")
+        gw._rekey_listeners()
+        assert calls == [6 * 3600.0, 0.0, 0.0]
+
+    assert unbound.grace_missing() == ""
     asyncio.run(main())

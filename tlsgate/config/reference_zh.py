@@ -257,10 +257,11 @@ ZH: dict[str, tuple[str, str]] = {
         "这时会话恢复最有用。"),
     f"{_SSL}.session_ticket_refresh": (
         "Send each TLS 1.3 connection a fresh session ticket before its last one expires "
-        "(every third of session_lifetime) and after each ticket-key rotation, so a client "
-        "that loses a connection it held for days still resumes. ~250 bytes per ticket. Needs "
-        "reuse_sessions and session_tickets > 0.",
-        "在上一张票据过期前（每隔 session_lifetime 的三分之一）以及每次票据密钥轮换后，"
+        "(every third of session_lifetime; also right after a ticket-key rotation when "
+        "that comes more often), so a client that loses a connection it held for days still "
+        "resumes. ~250 bytes per ticket. Needs reuse_sessions and session_tickets > 0.",
+        "在上一张票据过期前（每隔 session_lifetime 的三分之一；"
+        "若票据密钥轮换更频繁，则轮换后立即发送），"
         "向每个 TLS 1.3 连接发送一张新的会话票据，使保持连接数天后断开的客户端仍能恢复会话。"
         "每张票据约 250 字节。需要 reuse_sessions 且 session_tickets > 0。"),
     f"{_SSL}.alpn": (

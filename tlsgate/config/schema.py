@@ -206,9 +206,9 @@ class ServerSslOptions(Section):
         "most."))
     session_ticket_refresh: bool = Field(True, description=(
         "Send each TLS 1.3 connection a fresh session ticket before its last one expires "
-        "(every third of session_lifetime) and after each ticket-key rotation, so a client "
-        "that loses a connection it held for days still resumes. ~250 bytes per ticket. Needs "
-        "reuse_sessions and session_tickets > 0."))
+        "(every third of session_lifetime; also right after a ticket-key rotation when "
+        "that comes more often), so a client that loses a connection it held for days still "
+        "resumes. ~250 bytes per ticket. Needs reuse_sessions and session_tickets > 0."))
     alpn: list[str] = Field(default_factory=list, description="ALPN protocols offered, e.g. "
                                                               "[\"mqtt\"]; empty = no ALPN.")
     sni: list[SniEntry] = Field(default_factory=list, description="Extra certificates chosen by "

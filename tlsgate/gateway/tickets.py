@@ -13,7 +13,11 @@ connected client holds always resumes:
   connection's newest ticket is never older than two thirds of the lifetime, and a connection
   younger than one period (it still has its handshake's ticket) gets none;
 * right after a key rotation, every connection admitted before it gets one (its ticket was made
-  with the old key).
+  with the old key) -- unless the previous period's key is still accepted
+  (tlsgate.tls.unbound's ticket-key callback) and the sweeps come at least once per rotation
+  period: then the next sweep replaces that ticket well before it stops resuming, and the
+  fleet is spared a ticket to every connection at the same instant on every node;
+* after the node adopts another secret (cluster), every connection admitted before gets one.
 
 Work is spread: connections are handled :data:`BATCH` per event-loop turn, so a sweep over
 100,000 connections never holds up the relay for long (a ticket costs ~10 µs of CPU and
@@ -73,11 +77,14 @@ class TicketRefresher:
         for label in set(self._last) - seen:
             del self._last[label]
 
-    def after_rekey(self, now: float) -> None:
+    def after_rekey(self, now: float, grace: float = 0.0) -> None:
         """New ticket keys were installed: every connection admitted before now gets a ticket
-        made with them."""
+        made with them. ``grace``: the keys rotated with the previous key still accepted for
+        this long (the rotation period); listeners swept at least that often are left to
+        their next sweep."""
         for lst in self._listeners():
-            if refresh_period(lst) is not None:
+            period = refresh_period(lst)
+            if period is not None and not (grace and period <= grace):
                 self._last[lst.label] = now
                 self._enqueue(lst, now)
 

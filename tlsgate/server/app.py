@@ -31,6 +31,7 @@ from ..gateway.registry import Registry
 from ..gateway.tickets import TicketRefresher
 from ..mqtt import Connect, Refusal
 from ..psk_table import PskTable, printable_identity
+from ..tls import unbound
 from ..tls.client_context import ClientTls, ClientTlsError, build_client_tls
 from ..tls.context import (
     ContextError,
@@ -134,14 +135,15 @@ class Gateway:
 
     def _rekey(self) -> None:
         """A new ticket-key period: every listener's contexts get its key (tickets issued in the
-        period before stop resuming: those clients do one full handshake)."""
+        period before still resume until the next one, where the ticket-key callback exists)."""
         self._rekeyer = None
         self._rekey_listeners()
         self._schedule_rekey()
 
     def _rekey_listeners(self, secret: bytes | None = None) -> None:
         """Install the current period's ticket key in every listener's contexts (derived from
-        ``secret`` from now on, when given), then send connected clients a ticket made with it."""
+        ``secret`` from now on, when given), then send connected clients a ticket made with it
+        where their current one would stop resuming before the next refresh sweep."""
         epoch = ticket_epoch(time.time(), self.config.node.session_ticket_key_rotation)
         for label, run in self.listeners.items():
             rekey = getattr(run.rt.context, "rekey", None)
@@ -151,7 +153,11 @@ class Gateway:
                 except Exception:  # keep the old key rather than take the worker down
                     log.exception("%s: could not install the new session-ticket key", label)
         log.debug("session-ticket keys of period %d installed", epoch)
-        self.tickets.after_rekey(time.time())
+        # a plain rotation with the previous key still accepted: a sweep each period is enough
+        grace = 0.0
+        if secret is None and not unbound.grace_missing():
+            grace = self.config.node.session_ticket_key_rotation
+        self.tickets.after_rekey(time.time(), grace)
 
     def set_ticket_secret(self, secret: bytes) -> None:
         """A new node secret (the cluster agreed on another node's): every listener's ticket

@@ -20,7 +20,7 @@ of it; these calls tlsgate needs are not in that subset:
   well: without it, rotation works as with the key slot alone;
 * ``SSL_new_session_ticket`` -- send a TLS 1.3 client a fresh session ticket on a connection
   that is already up (tlsgate.gateway.tickets: long-lived MQTT connections get one before the
-  last expires and after each ticket-key rotation);
+  last expires, and after a ticket-key rotation where that is needed);
 * ``SSL_CTX_ctrl(SSL_CTRL_BUILD_CERT_CHAIN)`` -- complete the server's certificate chain from
   the verify store once, when the context is built. Without it, a certfile that holds only the
   leaf makes OpenSSL build that chain again in every handshake (an X509_STORE_CTX and a full
