@@ -1,8 +1,9 @@
 """Fresh TLS 1.3 session tickets for connections that outlive their ticket.
 
 An MQTT client connects once and stays connected for days. The ticket it got with its CONNACK
-stops resuming after ``ssl_options.session_lifetime``, and at the next ticket-key rotation
-(``node.session_ticket_key_rotation``) whatever its age. When such a client loses its
+stops resuming after ``ssl_options.session_lifetime``, and at the second ticket-key rotation
+after it was made (``node.session_ticket_key_rotation``; at the first where the previous key
+cannot be accepted) whatever its age. When such a client loses its
 connection -- a network blip, a load balancer or broker restart, usually for many clients at
 once -- it would then need a full handshake. TLS 1.3 lets the server send a new ticket at any
 time after the handshake (RFC 8446 §4.6.1); this module decides when, so the newest ticket a
