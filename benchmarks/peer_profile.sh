@@ -17,6 +17,8 @@
 #
 #   benchmarks/peer_profile.sh hs            # the per-connection breakdown in the closing note
 #   benchmarks/peer_profile.sh bulk haproxy
+# SERVE: profile another candidate instead of tlsgate, as in quick.sh, e.g.
+#   SERVE=".venv/bin/python benchmarks/bare_forwarder.py" benchmarks/peer_profile.sh hs
 set -u
 H=$(cd "$(dirname "$0")/.." && pwd)
 S=$H/../shared/bench
@@ -38,7 +40,7 @@ if [ -z "$(pids_on "$PORT")" ]; then
   "$S/start-targets.sh" "$B" >/dev/null || exit 1
   started_targets=1
 fi
-"$H/benchmarks/serve-for-bench.sh" >/dev/null 2>&1 &
+${SERVE:-"$H/benchmarks/serve-for-bench.sh"} >/dev/null 2>&1 &
 served=$!
 cleanup() {
   kill "$served" 2>/dev/null; wait "$served" 2>/dev/null

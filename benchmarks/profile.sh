@@ -4,6 +4,7 @@
 # Starts tlsgate like compare.sh does (benchmarks/serve-for-bench.sh, one worker pinned to CPU 0),
 # runs the harness's load tool for METRIC (hs | msg | bulk) pinned to CPU 1, records the worker
 # with py-spy for DUR seconds, and prints the functions by own and inclusive share of samples.
+# SERVE: profile another candidate, as in quick.sh (benchmarks/bare_forwarder.py).
 # --native adds C frames (OpenSSL, libuv, libc); py-spy's ptrace sampling over-weights syscalls
 # there, so read those shares as an upper bound. Needs: pip install py-spy.
 set -u
@@ -17,7 +18,8 @@ D=${DUR:-6}
 PYSPY=$(command -v py-spy || echo "$H/.venv/bin/py-spy")
 own_broker=""
 if ! ss -ltnH "sport = :1883" | grep -q .; then mosquitto -p 1883 >/dev/null 2>&1 & own_broker=$!; sleep 0.5; fi
-"$H/benchmarks/serve-for-bench.sh" >/dev/null 2>&1 &
+${SERVE:-"$H/benchmarks/serve-for-bench.sh"} >/dev/null 2>&1 &
+served=$!
 for _ in $(seq 100); do ss -ltnH "sport = :$CAND_PORT" | grep -q . && break; sleep 0.1; done
 sleep 0.5
 W=$(ss -ltnpH "sport = :$CAND_PORT" | grep -o 'pid=[0-9]*' | cut -d= -f2 | head -1)
@@ -33,6 +35,7 @@ case $M in
 esac
 wait "$SPY"
 pkill -f "tlsgate serve -c $B/tlsgate/bench.toml"
+kill "$served" 2>/dev/null
 [ -n "$own_broker" ] && kill "$own_broker" 2>/dev/null
 python3 - "$OUT" <<'PY'
 import collections, sys
