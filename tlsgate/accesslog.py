@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Protocol
@@ -30,12 +31,13 @@ _FLUSH_LINES = 256
 def text_value(v: Any) -> str:
     """One value of a text line: ``-`` for none, JSON-quoted if it has a space, quote, ``=``
     or newline (so ``k=v`` pairs always split unambiguously)."""
-    s = "-" if v is None or v == "" else str(v)
-    if " " in s or '"' in s or "=" in s or "\n" in s:
-        return _quote(s)
-    return s
+    if v is None or v == "":
+        return "-"
+    s = v if type(v) is str else str(v)
+    return _quote(s) if _special(s) else s
 
 
+_special = re.compile('[ "=\n]').search  # one C call instead of four `in` scans
 _quote = json.JSONEncoder(ensure_ascii=False).encode
 
 
@@ -81,12 +83,11 @@ class AccessLog:
         tight loop per batch instead of formatting code run cold once per connection: see
         the module docstring for what that measured). ``entry`` must not change once
         queued."""
-        if self.enabled:
-            self._queue(entry)
-
-    def _queue(self, entry: Entry) -> None:
-        self._lines.append(entry)
-        if len(self._lines) >= _FLUSH_LINES:
+        if not self.enabled:
+            return
+        lines = self._lines
+        lines.append(entry)
+        if len(lines) >= _FLUSH_LINES:
             self.flush()
         elif self._timer is None:
             try:

@@ -200,6 +200,36 @@ def test_tls13_tickets_wait_for_the_first_write(pki: Pki) -> None:
     assert p.cli.session is not None and p.cli.session.has_ticket
 
 
+def test_recycling_moves_unread_bytes_of_both_bios(pki: Pki) -> None:
+    """recycle_bios swaps both BIOs and keeps what they hold: a TLS 1.3 handshake leaves the
+    session tickets queued in the write BIO, and a client record already fed but not read
+    waits in the read BIO."""
+    p = Peer(pki, ssl.TLSVersion.TLSv1_3)
+    p.handshake()  # recycles once: the tickets must have survived that
+    wire = p.client_records(b"queued before the swap")
+    p.sess.feed(wire)
+    before = (p.sess._rbio, p.sess._wbio)
+    p.sess.recycle_bios()
+    assert (p.sess._rbio, p.sess._wbio) != before
+    assert p.sess.conn is not None and p.sess.conn._into_ssl == p.sess._rbio
+    assert p.sess.read_plain() == b"queued before the swap"
+    INBUF[:4] = b"\x20\x02\x00\x00"
+    p.sent.append(p.sess.encrypt_in(4))
+    assert p.client_read() == b"\x20\x02\x00\x00"
+    assert p.cli.session is not None and p.cli.session.has_ticket
+
+
+def test_established_is_what_the_properties_say(peer: Peer) -> None:
+    """The gate reads the handshake's outcome with one call; it must not drift from the
+    properties the admin API and the tests use."""
+    s = peer.sess
+    got = s.established()
+    assert got == (s.version, s.cipher, s.group, s.server_name, s.session_reused)
+    want_version = "TLSv1.3" if peer.cli.version() == "TLSv1.3" else "TLSv1.2"
+    assert got[0] == want_version and got[1] == peer.cli.cipher()[0]
+    assert got[2] is not None and got[3] == "localhost" and got[4] is False
+
+
 def test_handshake_failure_names_the_reason(pki: Pki) -> None:
     from tlsgate.config.schema import ServerSslOptions
 

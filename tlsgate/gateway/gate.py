@@ -50,11 +50,6 @@ _PROXY, _HANDSHAKE, _POST_HS, _CONNECT, _ADMIT, _RELAY, _CLOSED = range(7)
 HALF_CLOSE_TIMEOUT = 30.0
 
 
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class ClientGate(asyncio.BufferedProtocol):
     # Slots: one of these lives as long as its connection (idle memory per connection).
     __slots__ = ("client_done", "ctx", "dial_expired", "guard", "held", "live_registered", "lst",
@@ -271,14 +266,11 @@ class ClientGate(asyncio.BufferedProtocol):
         self.timer.cancel()
         elapsed = time.monotonic() - self.t0
         rec.handshake_ms = round(elapsed * 1000, 3)
-        rec.tls_version = sess.version
-        rec.cipher = sess.cipher
-        rec.group = sess.group
-        rec.server_name = sess.server_name
+        (rec.tls_version, rec.cipher, rec.group, rec.server_name,
+         rec.session_reused) = sess.established()
         if lst.alpn:  # only asked when ALPN is configured (a pyOpenSSL call per connection)
             alpn = sess.alpn
             rec.alpn = alpn.decode("ascii", "replace") if alpn else None
-        rec.session_reused = sess.session_reused
         # The connect timer also bounds a pending revocation verdict.
         self.timer = self.lst.loop.call_later(
             lst.mqtt.connect_timeout, self._timeout, "connect_timeout",
@@ -452,23 +444,25 @@ class ClientGate(asyncio.BufferedProtocol):
         lst, rec, sess = self.lst, self.rec, self.sess
         assert rec is not None and sess is not None and self.transport is not None
         up = lst.upstream
-        host, port = _split_addr(up.address)
+        host, port = lst.upstream_addr
         loop = lst.loop
         client_t = self.transport
         tls = lst.upstream_tls
-        extra: dict[str, Any] = {}
-        if tls is not None:
-            # TLS towards the broker: uvloop's own TLS transport does it (the upstream side
-            # is one connection per client, not the hot path this module optimises).
-            extra = {"ssl": tls.context, "server_hostname": tls.server_hostname(host),
-                     "ssl_handshake_timeout": up.connect_timeout}
         # upstream.connect_timeout as a plain timer that cancels this task: asyncio.timeout()
         # costs ~15 µs per connection (measured), a timer ~1 µs.
         self.dial_expired = False
         timer = loop.call_later(up.connect_timeout, self._dial_timeout)
         try:
-            transport, upstream = await loop.create_connection(
-                lambda: upstream_side(self, sess, client_t), host, port, **extra)
+            if tls is None:
+                transport, upstream = await loop.create_connection(
+                    lambda: upstream_side(self, sess, client_t), host, port)
+            else:
+                # TLS towards the broker: uvloop's own TLS transport does it (the upstream
+                # side is one connection per client, not the hot path this module optimises).
+                transport, upstream = await loop.create_connection(
+                    lambda: upstream_side(self, sess, client_t), host, port,
+                    ssl=tls.context, server_hostname=tls.server_hostname(host),
+                    ssl_handshake_timeout=up.connect_timeout)
         except (asyncio.CancelledError, OSError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 if not self.dial_expired:
@@ -493,9 +487,8 @@ class ClientGate(asyncio.BufferedProtocol):
             transport.close()
             return
         self.upstream_transport = transport
-        header = self._proxy_header(transport)
-        if header:
-            transport.write(header)
+        if up.proxy_protocol != "none":
+            transport.write(self._proxy_header(transport))
         transport.write(first)
         if self.pending:
             transport.write(bytes(self.pending))
@@ -606,10 +599,12 @@ class ClientGate(asyncio.BufferedProtocol):
                 HALF_CLOSE_TIMEOUT, self.close, reason + " (half-close timed out)")
 
     def client_lost(self, exc: Exception | None) -> None:
-        self.close(_lost("client", exc))
+        if self.phase != _CLOSED:  # usually closed already: then no reason to word
+            self.close(_lost("client", exc))
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        self.close(_lost("broker", exc))
+        if self.phase != _CLOSED:
+            self.close(_lost("broker", exc))
 
     def close(self, reason: str) -> None:
         """Close both sockets (flushing what is buffered, with close_notify) and log once."""
@@ -653,7 +648,8 @@ class ClientGate(asyncio.BufferedProtocol):
         if self.live_registered and lst.revocation is not None:
             lst.revocation.live.unregister(rec.id)
         rec.conn = None
-        self._log_access()
+        if access.enabled:
+            access.write_entry(rec)
 
     def _log_access(self) -> None:
         rec = self.rec

@@ -51,6 +51,12 @@ class ListenerStats:
         self.hs_count += 1
 
 
+def split_host_port(addr: str) -> tuple[str, int]:
+    """``"host:port"`` / ``"[v6]:port"`` -> (host, port)."""
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 #: An admission check runs after the CONNECT is parsed and before the broker is dialled; it
 #: returns None to let the client through, or (refusal, reason for the log).
 AdmissionCheck = Callable[["ConnRecord", "Connect"], Awaitable["tuple[Refusal, str] | None"]]
@@ -84,6 +90,8 @@ class ListenerRuntime:
         self.cfg = cfg
         self.mqtt = mqtt
         self.upstream = upstream
+        #: ``upstream.address`` as (host, port), parsed here instead of per connection.
+        self.upstream_addr = split_host_port(upstream.address)
         self.context = context
         self.access = AccessRules(cfg.access_rules)
         self.trusted_proxies = Cidrs(cfg.proxy_protocol_trusted)
