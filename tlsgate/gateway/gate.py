@@ -448,21 +448,19 @@ class ClientGate(asyncio.BufferedProtocol):
         loop = lst.loop
         client_t = self.transport
         tls = lst.upstream_tls
+        extra: dict[str, Any] = {}
+        if tls is not None:
+            # TLS towards the broker: uvloop's own TLS transport does it (the upstream side
+            # is one connection per client, not the hot path this module optimises).
+            extra = {"ssl": tls.context, "server_hostname": tls.server_hostname(host),
+                     "ssl_handshake_timeout": up.connect_timeout}
         # upstream.connect_timeout as a plain timer that cancels this task: asyncio.timeout()
         # costs ~15 µs per connection (measured), a timer ~1 µs.
         self.dial_expired = False
         timer = loop.call_later(up.connect_timeout, self._dial_timeout)
         try:
-            if tls is None:
-                transport, upstream = await loop.create_connection(
-                    lambda: upstream_side(self, sess, client_t), host, port)
-            else:
-                # TLS towards the broker: uvloop's own TLS transport does it (the upstream
-                # side is one connection per client, not the hot path this module optimises).
-                transport, upstream = await loop.create_connection(
-                    lambda: upstream_side(self, sess, client_t), host, port,
-                    ssl=tls.context, server_hostname=tls.server_hostname(host),
-                    ssl_handshake_timeout=up.connect_timeout)
+            transport, upstream = await loop.create_connection(
+                lambda: upstream_side(self, sess, client_t), host, port, **extra)
         except (asyncio.CancelledError, OSError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 if not self.dial_expired:
@@ -648,8 +646,7 @@ class ClientGate(asyncio.BufferedProtocol):
         if self.live_registered and lst.revocation is not None:
             lst.revocation.live.unregister(rec.id)
         rec.conn = None
-        if access.enabled:
-            access.write_entry(rec)
+        self._log_access()
 
     def _log_access(self) -> None:
         rec = self.rec

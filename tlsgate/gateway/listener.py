@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config.schema import ListenerBase, MqttConfig, UpstreamConfig
+from ..config.types import split_hostport
 from .policy import AccessRules, Cidrs, RateLimiter
 
 if TYPE_CHECKING:
@@ -51,12 +52,6 @@ class ListenerStats:
         self.hs_count += 1
 
 
-def split_host_port(addr: str) -> tuple[str, int]:
-    """``"host:port"`` / ``"[v6]:port"`` -> (host, port)."""
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 #: An admission check runs after the CONNECT is parsed and before the broker is dialled; it
 #: returns None to let the client through, or (refusal, reason for the log).
 AdmissionCheck = Callable[["ConnRecord", "Connect"], Awaitable["tuple[Refusal, str] | None"]]
@@ -91,7 +86,7 @@ class ListenerRuntime:
         self.mqtt = mqtt
         self.upstream = upstream
         #: ``upstream.address`` as (host, port), parsed here instead of per connection.
-        self.upstream_addr = split_host_port(upstream.address)
+        self.upstream_addr = split_hostport(upstream.address)
         self.context = context
         self.access = AccessRules(cfg.access_rules)
         self.trusted_proxies = Cidrs(cfg.proxy_protocol_trusted)
