@@ -219,17 +219,6 @@ def test_recycling_moves_unread_bytes_of_both_bios(pki: Pki) -> None:
     assert p.cli.session is not None and p.cli.session.has_ticket
 
 
-def test_established_is_what_the_properties_say(peer: Peer) -> None:
-    """The gate reads the handshake's outcome with one call; it must not drift from the
-    properties the admin API and the tests use."""
-    s = peer.sess
-    got = s.established()
-    assert got == (s.version, s.cipher, s.group, s.server_name, s.session_reused)
-    want_version = "TLSv1.3" if peer.cli.version() == "TLSv1.3" else "TLSv1.2"
-    assert got[0] == want_version and got[1] == peer.cli.cipher()[0]
-    assert got[2] is not None and got[3] == "localhost" and got[4] is False
-
-
 def test_handshake_failure_names_the_reason(pki: Pki) -> None:
     from tlsgate.config.schema import ServerSslOptions
 

@@ -266,11 +266,14 @@ class ClientGate(asyncio.BufferedProtocol):
         self.timer.cancel()
         elapsed = time.monotonic() - self.t0
         rec.handshake_ms = round(elapsed * 1000, 3)
-        (rec.tls_version, rec.cipher, rec.group, rec.server_name,
-         rec.session_reused) = sess.established()
+        rec.tls_version = sess.version
+        rec.cipher = sess.cipher
+        rec.group = sess.group
+        rec.server_name = sess.server_name
         if lst.alpn:  # only asked when ALPN is configured (a pyOpenSSL call per connection)
             alpn = sess.alpn
             rec.alpn = alpn.decode("ascii", "replace") if alpn else None
+        rec.session_reused = sess.session_reused
         # The connect timer also bounds a pending revocation verdict.
         self.timer = self.lst.loop.call_later(
             lst.mqtt.connect_timeout, self._timeout, "connect_timeout",

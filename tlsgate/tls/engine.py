@@ -363,13 +363,7 @@ class ServerSession:
     @staticmethod
     def _drain(bio: Any) -> bytes:
         """All bytes in ``bio``, read through the scratch buffer."""
-        n = _BIO_read(bio, _AUX, _AUXCAP)
-        if n <= 0:
-            return b""
-        data = _AUX_MV[:n].tobytes()
-        if n < _AUXCAP:  # a memory BIO hands over all it holds, up to the size asked
-            return data
-        chunks = [data]
+        chunks = []
         n = _BIO_read(bio, _AUX, _AUXCAP)
         while n > 0:
             chunks.append(_AUX_MV[:n].tobytes())
@@ -442,22 +436,6 @@ class ServerSession:
     def server_name(self) -> str | None:
         n = _lib.SSL_get_servername(self._ssl, _TLSEXT_NAMETYPE_host_name)
         return _ffi.string(n).decode("ascii", "replace") if n != _ffi.NULL else None
-
-    def established(self) -> tuple[str, str | None, str | None, str | None, bool]:
-        """What the handshake established, for the connection's record, in one call:
-        (:attr:`version`, :attr:`cipher`, :attr:`group`, :attr:`server_name`,
-        :attr:`session_reused`) -- the same values as the properties."""
-        ssl = self._ssl
-        version = _VERSION_NAMES.get(_lib.SSL_version(ssl)) or self.version
-        c = _lib.SSL_get_current_cipher(ssl)
-        cipher = (_CIPHER_NAMES.get(int(_ffi.cast("uintptr_t", c))) or self.cipher
-                  if c != _ffi.NULL else None)
-        g = _lib.SSL_get0_group_name(ssl)
-        n = _lib.SSL_get_servername(ssl, _TLSEXT_NAMETYPE_host_name)
-        return (version, cipher,
-                _ffi.string(g).decode("ascii", "replace") if g != _ffi.NULL else None,
-                _ffi.string(n).decode("ascii", "replace") if n != _ffi.NULL else None,
-                bool(_lib.SSL_session_reused(ssl)))
 
     @property
     def alpn(self) -> bytes | None:
