@@ -8,6 +8,7 @@ from __future__ import annotations
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from OpenSSL import SSL
@@ -346,3 +347,89 @@ def test_no_fresh_ticket_on_tls12_or_a_closing_connection(pki: Pki) -> None:
     live.sess.close_notify()
     live.sent.clear()
     assert not live.sess.new_ticket() and live.sent == []
+
+
+def test_a_context_accepts_the_next_periods_tickets(pki: Pki) -> None:
+    """Workers and nodes re-key at the same wall-clock instant only as far as their timers and
+    clocks agree: a context still in period P takes the tickets of one that is in P+1 already
+    (and the client gets a fresh ticket, which the one in P+1 takes as its previous period's);
+    tickets of P+2 it does not take. Without rotation there is no next key."""
+    opts = _opts(pki)
+
+    def at(period: int) -> ServerContext:
+        return build_server_context(opts, "listeners.ssl.t", ticket_secret=SECRET,
+                                    ticket_rotation=3600.0, ticket_period=period)
+
+    behind, ahead, far = at(100), at(101), at(102)
+    assert unbound.ticket_keys_of(behind.ctx, upcoming=True) == \
+        ticket_key(SECRET, "listeners.ssl.t", opts, 101)
+    for cctx in (_client_ctx(pki), _tls12_client_ctx(pki)):
+        from_ahead = _connect(pki, ahead, cctx).cli.session
+        back = _connect(pki, behind, cctx, from_ahead)
+        assert back.cli.session_reused, cctx.maximum_version
+        fresh = back.cli.session
+        assert fresh is not None and fresh != from_ahead
+        assert _connect(pki, ahead, cctx, fresh).cli.session_reused
+        from_far = _connect(pki, far, cctx).cli.session
+        assert not _connect(pki, behind, cctx, from_far).cli.session_reused
+    fixed = build_server_context(opts, "listeners.ssl.t", ticket_secret=SECRET)
+    assert unbound.ticket_keys_of(fixed.ctx) is not None
+    assert unbound.ticket_keys_of(fixed.ctx, upcoming=True) is None
+
+
+def _tls12_client_ctx(pki: Pki) -> ssl.SSLContext:
+    c = ssl.create_default_context(cafile=str(pki.ca_pem))
+    c.maximum_version = ssl.TLSVersion.TLSv1_2
+    return c
+
+
+def test_a_start_or_reload_that_spans_a_period_boundary_installs_the_new_keys(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contexts a start or reload builds hold the keys of the period they were built in,
+    and the re-key timer is armed after the listeners are started (awaits). A boundary in
+    between must not leave the worker on the old period's keys for a whole period (the other
+    workers' tickets would not resume on it, as a CI run once showed): the keys of the period
+    it is by then are installed at once."""
+    import asyncio
+    import types
+
+    from tlsgate.config import parse
+    from tlsgate.server import app as app_mod
+
+    rotation = 3600.0
+    first = ticket_epoch(time.time(), rotation) + 1
+    clock = [first * rotation - 0.5]  # half a second before a boundary
+    monkeypatch.setattr(app_mod, "time", types.SimpleNamespace(
+        time=lambda: clock[0], monotonic=time.monotonic))
+    cfg = parse({"node": {"session_ticket_key_rotation": "1h"},
+                 "listeners": {"ssl": {"t": {"bind": "127.0.0.1:0", "ssl_options": {
+                     "certfile": str(pki.server.cert), "keyfile": str(pki.server.key)}}}}})
+    opts = cfg.listeners.ssl["t"].ssl_options
+
+    async def main() -> None:
+        gw = app_mod.Gateway(cfg, None, ticket_secret=SECRET)
+        build = gw.build
+
+        def build_then_cross(config: Any) -> Any:  # the boundary passes after the build
+            built = build(config)
+            assert built.ticket_period == ticket_epoch(clock[0], rotation)
+            clock[0] += 1.0
+            return built
+
+        monkeypatch.setattr(gw, "build", build_then_cross)
+        await gw.start()
+        try:
+            ctx = gw.listeners["ssl:t"].rt.context.ctx
+            assert unbound.ticket_keys_of(ctx) == ticket_key(SECRET, "listeners.ssl.t", opts,
+                                                             first)
+            clock[0] = (first + 1) * rotation - 0.5  # a reload just before the next one
+            assert (await gw._apply(cfg)).ok
+            ctx = gw.listeners["ssl:t"].rt.context.ctx
+            assert unbound.ticket_keys_of(ctx) == ticket_key(SECRET, "listeners.ssl.t", opts,
+                                                             first + 1)
+            assert unbound.ticket_keys_of(ctx, previous=True) == \
+                ticket_key(SECRET, "listeners.ssl.t", opts, first)
+        finally:
+            await gw.stop()
+
+    asyncio.run(main())

@@ -135,10 +135,12 @@ ZH: dict[str, tuple[str, str]] = {
         "Session-ticket keys change at every multiple of this on the clock (the same instant "
         "on every worker and node), so a leaked key exposes at most one period of TLS 1.2 "
         "resumptions; a ticket from the period before still resumes (and the client gets a "
-        "fresh one), an older one does not (one full handshake). 0 = never.",
+        "fresh one), as does one from the next (made where the clock is a little ahead), an "
+        "older one does not (one full handshake). 0 = never.",
         "会话票据密钥在时钟上每到该时长的整数倍时更换（所有 worker 和节点在同一时刻更换），"
         "因此泄露的密钥最多暴露一个周期内的 TLS 1.2 会话恢复；上一周期的票据仍可恢复"
-        "（客户端随即获得新票据），更早的票据不再能恢复（客户端做一次完整握手）。0 = 从不更换。"),
+        "（客户端随即获得新票据），下一周期的票据（由时钟稍快的 worker 或节点签发）同样可以恢复，"
+        "更早的票据不再能恢复（客户端做一次完整握手）。0 = 从不更换。"),
     # [log]
     "[log]": (
         "Logging: level, format (text or JSON), the per-connection access log, destination.",

@@ -73,7 +73,9 @@ class NodeConfig(Section):
                              "clock (the same instant on every worker and node), so a leaked "
                              "key exposes at most one period of TLS 1.2 resumptions; a ticket "
                              "from the period before still resumes (and the client gets a "
-                             "fresh one), an older one does not (one full handshake). "
+                             "fresh one), as does one from the next (made where the clock "
+                             "is a little ahead), an older one does not (one full "
+                             "handshake). "
                              "0 = never.")
 
     def worker_count(self) -> int:

@@ -72,6 +72,8 @@ class Built:
     listeners: dict[str, tuple[ListenerBase, Any]]
     upstream_tls: dict[str, ClientTls | None]
     authenticator: HttpAuthenticator | None
+    #: The ticket-key period the listeners' contexts were made with.
+    ticket_period: int
 
 
 @dataclass
@@ -117,12 +119,16 @@ class Gateway:
         self.revocation.on_revoked(self._close_revoked)
         self._sweeper: asyncio.TimerHandle | None = None
         self._rekeyer: asyncio.TimerHandle | None = None
+        #: The ticket-key period whose keys every listener's contexts hold.
+        self._key_epoch: int | None = None
         #: Fresh session tickets for long-lived connections (ssl_options.session_ticket_refresh).
         self.tickets = TicketRefresher(lambda: [r.rt for r in self.listeners.values()])
 
     def _schedule_rekey(self) -> None:
-        """Arm a timer for the next ticket-key period boundary (node.session_ticket_key_rotation;
-        the same wall-clock instant in every worker and on every node)."""
+        """Install the current period's ticket keys if a boundary passed since the listeners'
+        were made (a start or a reload that spans one), and arm a timer for the next boundary
+        (node.session_ticket_key_rotation; the same wall-clock instant in every worker and on
+        every node)."""
         if self._rekeyer is not None:
             self._rekeyer.cancel()
             self._rekeyer = None
@@ -130,21 +136,27 @@ class Gateway:
         if rotation <= 0:
             return
         now = time.time()
-        wait = (ticket_epoch(now, rotation) + 1) * rotation - now
+        epoch = ticket_epoch(now, rotation)
+        if epoch != self._key_epoch:
+            self._rekey_listeners(epoch=epoch)
+        wait = (epoch + 1) * rotation - now
         self._rekeyer = asyncio.get_running_loop().call_later(wait + 0.01, self._rekey)
 
     def _rekey(self) -> None:
-        """A new ticket-key period: every listener's contexts get its key (tickets issued in the
-        period before still resume until the next one, where the ticket-key callback exists)."""
+        """The timer at a period boundary: every listener's contexts get the new period's keys
+        (tickets issued in the period before still resume until the next one, where the
+        ticket-key callback exists). A timer that fires a hair early only re-arms."""
         self._rekeyer = None
-        self._rekey_listeners()
         self._schedule_rekey()
 
-    def _rekey_listeners(self, secret: bytes | None = None) -> None:
-        """Install the current period's ticket key in every listener's contexts (derived from
-        ``secret`` from now on, when given), then send connected clients a ticket made with it
-        where their current one would stop resuming before the next refresh sweep."""
-        epoch = ticket_epoch(time.time(), self.config.node.session_ticket_key_rotation)
+    def _rekey_listeners(self, secret: bytes | None = None, epoch: int | None = None) -> None:
+        """Install the period's ticket keys (default: the current period) in every listener's
+        contexts (derived from ``secret`` from now on, when given), then send connected clients
+        a ticket made with them where their current one would stop resuming before the next
+        refresh sweep."""
+        if epoch is None:
+            epoch = ticket_epoch(time.time(), self.config.node.session_ticket_key_rotation)
+        self._key_epoch = epoch
         for label, run in self.listeners.items():
             rekey = getattr(run.rt.context, "rekey", None)
             if rekey is not None:
@@ -195,13 +207,15 @@ class Gateway:
             except PskUnavailable as exc:
                 problems.append(Problem("psk_authentication.enable", str(exc)))
             hooks.append(self._psk_hook)
+        rotation = config.node.session_ticket_key_rotation
+        period = ticket_epoch(time.time(), rotation)  # one for every context of this build
         for name, lst in config.listeners.ssl.items():
             if not lst.enable:
                 continue
             key = f"listeners.ssl.{name}"
             try:
-                ctx = build_server_context(lst.ssl_options, key, hooks, secret,
-                                           config.node.session_ticket_key_rotation)
+                ctx = build_server_context(lst.ssl_options, key, hooks, secret, rotation,
+                                           period)
                 out[f"ssl:{name}"] = (lst, self.revocation.prepare(key, ctx))
             except ContextError as exc:
                 problems.extend(exc.problems)
@@ -231,7 +245,7 @@ class Gateway:
                 problems.append(Problem(exc.key, exc.message))
         if problems:
             raise ConfigError(self.config_path or "<config>", problems)
-        return Built(out, upstream_tls, auth)
+        return Built(out, upstream_tls, auth, period)
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -244,6 +258,7 @@ class Gateway:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(BIO_SWEEP_INTERVAL,
                                                                   self._sweep_bios)
+        self._key_epoch = built.ticket_period  # a boundary may have passed since (the awaits)
         self._schedule_rekey()
         log.info("tlsgate node %s ready: %s", self.config.node.name,
                  ", ".join(f"{lb} on {r.rt.cfg.bind}" for lb, r in self.listeners.items()))
@@ -363,7 +378,6 @@ class Gateway:
         old_auth = self.config.authentication
         self.config = new_config
         self.upstream_tls = built.upstream_tls
-        self._schedule_rekey()  # the period may have changed
         if new_config.authentication != old_auth:
             await self._set_authenticator(built.authenticator)
             changes.append("authentication: new settings")
@@ -393,6 +407,10 @@ class Gateway:
         for label in old_labels - set(built.listeners):
             await self._stop_listener(label)
             changes.append(f"{label}: stopped (removed from the config; live connections stay)")
+        # the new contexts hold the keys of the period they were made in (the rotation may
+        # have changed, or a boundary passed while the listeners were replaced)
+        self._key_epoch = built.ticket_period
+        self._schedule_rekey()
         return ReloadResult(True, changes=changes)
 
     async def _stop_listener(self, label: str) -> None:

@@ -172,9 +172,27 @@ def ticket_key(secret: bytes, key: str, opts: ServerSslOptions, epoch: int = 0) 
     return name + keys
 
 
+#: A context's session-ticket keys: the current period's (new tickets), and the previous and
+#: the next period's (None without rotation), whose tickets are accepted too.
+TicketKeys = tuple[bytes, bytes | None, bytes | None]
+
+
+def period_keys(secret: bytes, key: str, opts: ServerSslOptions, epoch: int,
+                rotation: float) -> TicketKeys:
+    """The ticket keys for period ``epoch``. With rotation, the period before's tickets still
+    resume (unbound.set_ticket_keys: a fresh one replaces each), so a rotation costs no client
+    a full handshake; and the next period's already do, so a ticket made by a worker or node
+    that rotated a moment earlier (timers, clocks) resumes on one that has not yet."""
+    current = ticket_key(secret, key, opts, epoch)
+    if rotation <= 0:
+        return current, None, None
+    return (current, ticket_key(secret, key, opts, epoch - 1),
+            ticket_key(secret, key, opts, epoch + 1))
+
+
 def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
-                  session_id: bytes, tickets: bytes | None = None,
-                  previous: bytes | None = None) -> VerifyCallback | None:
+                  session_id: bytes, tickets: TicketKeys | None = None
+                  ) -> VerifyCallback | None:
     """Everything but the certificate: versions, suites, verification, session handling.
     Returns the Python verify callback installed (None: OpenSSL's own checks only)."""
     verify_cb: VerifyCallback | None = None
@@ -197,7 +215,7 @@ def _apply_common(ctx: SSL.Context, opts: ServerSslOptions, c: _Collector,
     # reuse off: none at all (TLS 1.3 would still get session-id tickets that never resume)
     unbound.set_num_tickets(ctx, opts.session_tickets if opts.reuse_sessions else 0)
     if tickets is not None:  # only built when reuse_sessions is on
-        unbound.set_ticket_keys(ctx, tickets, previous)
+        unbound.set_ticket_keys(ctx, *tickets)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     # pyOpenSSL turns partial writes on for every context it makes; the engine writes whole
     # chunks into a memory BIO (which never blocks) with one SSL_write, so it must be off:
@@ -349,25 +367,24 @@ def _sni_match(pattern: str, name: str) -> bool:
 def build_server_context(opts: ServerSslOptions, key: str,
                          hooks: list[ContextHook] | None = None,
                          ticket_secret: bytes | None = None,
-                         ticket_rotation: float = 0.0) -> ServerContext:
+                         ticket_rotation: float = 0.0,
+                         ticket_period: int | None = None) -> ServerContext:
     """Build a listener's context; ``key`` is its config path (``listeners.ssl.default``).
     ``ticket_secret``: the node's secret the session-ticket keys are derived from (None: OpenSSL
-    makes random keys for this context alone); ``ticket_rotation``: their period in seconds.
+    makes random keys for this context alone); ``ticket_rotation``: their period in seconds;
+    ``ticket_period``: the period whose keys to install (default: the current one).
 
     Raises :class:`ContextError` listing every problem, each with its full key.
     """
     c = _Collector(f"{key}.ssl_options")
     session_id = ("tlsgate:" + key).encode()[:32]
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    epoch = ticket_epoch(time.time(), ticket_rotation)
-    tickets = previous = None
+    epoch = ticket_epoch(time.time(), ticket_rotation) if ticket_period is None \
+        else ticket_period
+    tickets = None
     if ticket_secret and opts.reuse_sessions:
-        tickets = ticket_key(ticket_secret, key, opts, epoch)
-        # the period before's tickets still resume (unbound.set_ticket_keys: a fresh one
-        # replaces each), so a rotation costs no client a full handshake
-        previous = ticket_key(ticket_secret, key, opts, epoch - 1) if ticket_rotation > 0 \
-            else None
-    verify_cb = _apply_common(ctx, opts, c, session_id, tickets, previous)
+        tickets = period_keys(ticket_secret, key, opts, epoch, ticket_rotation)
+    verify_cb = _apply_common(ctx, opts, c, session_id, tickets)
     # No certificate: a TLS-PSK-only listener (the config allows it only with PSK enabled).
     chain = (_load_identity(ctx, opts.certfile, opts.keyfile, opts.password, c)
              if opts.certfile else [])
@@ -376,7 +393,7 @@ def build_server_context(opts: ServerSslOptions, key: str,
     sni_chains: dict[str, list[x509.Certificate]] = {}
     for i, entry in enumerate(opts.sni):
         sctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        _apply_common(sctx, opts, _Collector(""), session_id, tickets, previous)
+        _apply_common(sctx, opts, _Collector(""), session_id, tickets)
         sni_chains[entry.server_name] = _load_identity(
             sctx, entry.certfile, entry.keyfile, entry.password, c, key_prefix=f"sni[{i}].")
         sni[entry.server_name] = sctx
@@ -421,17 +438,14 @@ def build_server_context(opts: ServerSslOptions, key: str,
 
         def rekey(period: int, new_secret: bytes | None = None) -> None:
             nonlocal secret
+            keys = period_keys(new_secret or secret, key, opts, period, ticket_rotation)
             if new_secret is not None and new_secret != secret:
                 # the node's secret changed (cluster): the tickets this node made so far
                 # (under the old secret's current key) still resume
-                prev: bytes | None = ticket_key(secret, key, opts, period)
+                keys = (keys[0], ticket_key(secret, key, opts, period), keys[2])
                 secret = new_secret
-            else:
-                prev = ticket_key(secret, key, opts, period - 1) if ticket_rotation > 0 \
-                    else None
-            k = ticket_key(secret, key, opts, period)
             for one in contexts:
-                unbound.set_ticket_keys(one, k, prev)
+                unbound.set_ticket_keys(one, *keys)
 
     return ServerContext(ctx=ctx, chain=chain, certfile=opts.certfile, sni=sni,
                          sni_chains=sni_chains, opts=opts, keepalive=keep,

@@ -157,9 +157,12 @@ static int tg_encrypt_send(void *ssl, void *wbio, char *in, int n, char *out, in
  * keys rotate by period (node.session_ticket_key_rotation); OpenSSL's own key slot
  * (SSL_CTRL_SET_TLSEXT_TICKET_KEYS) holds one key, so at each rotation every ticket a
  * disconnected client holds stopped resuming. tg_ticket_cb is OpenSSL's ticket-key callback
- * (SSL_CTX_set_tlsext_ticket_key_evp_cb) over two keys: it encrypts new tickets with the
- * current key and accepts tickets under the current or the previous one (asking OpenSSL to
- * issue a fresh ticket for the latter). The key format and the ticket format are OpenSSL's
+ * (SSL_CTX_set_tlsext_ticket_key_evp_cb) over three keys: it encrypts new tickets with the
+ * current key and accepts tickets under the current, the previous or the next period's one
+ * (asking OpenSSL to issue a fresh ticket for the latter two). The next period's key is
+ * there because workers and nodes re-key at the same wall-clock instant only as far as their
+ * clocks and timers agree: a ticket made by one that has rotated already resumes on one that
+ * has not yet. The key format and the ticket format are OpenSSL's
  * own (16-byte name, HMAC-SHA256 key, AES-256-CBC key), so tickets made by OpenSSL's key slot
  * with the same key -- an older tlsgate, a node without this module -- resume too. The keys
  * live in the SSL_CTX's ex_data, freed (and wiped) by OpenSSL with the context; the function
@@ -173,8 +176,8 @@ typedef struct {
 } tg_tkey;
 
 typedef struct {
-    tg_tkey cur, prev;
-    int has_prev;
+    tg_tkey cur, prev, next;
+    int has_prev, has_next;
 } tg_tkeys;
 
 typedef struct { /* OSSL_PARAM */
@@ -225,9 +228,9 @@ static int tg_tkey_use(const tg_tkey *k, unsigned char *iv, void *cctx, void *hc
 
 /* SSL_CTX_set_tlsext_ticket_key_evp_cb's callback. Encrypting: the current key (1), or no
  * ticket (0) if the context has no keys. Decrypting: 2 ("valid, send a fresh one") under the
- * previous key, and under the current key in TLS 1.3 (what OpenSSL's own key slot does: a
- * TLS 1.3 resumption always brings a new ticket); 1 under the current key in TLS 1.2; 0 for
- * any other key name (a full handshake). */
+ * previous or the next key, and under the current key in TLS 1.3 (what OpenSSL's own key
+ * slot does: a TLS 1.3 resumption always brings a new ticket); 1 under the current key in
+ * TLS 1.2; 0 for any other key name (a full handshake). */
 static int tg_ticket_cb(void *ssl, unsigned char *name, unsigned char *iv, void *cctx,
                         void *hctx, int enc)
 {
@@ -245,6 +248,8 @@ static int tg_ticket_cb(void *ssl, unsigned char *name, unsigned char *iv, void 
                    ? (tg_SSL_version(ssl) >= 0x0304 /* TLS1_3_VERSION */ ? 2 : 1) : -1;
     if (k->has_prev && memcmp(name, k->prev.name, 16) == 0)
         return tg_tkey_use(&k->prev, iv, cctx, hctx, 0) ? 2 : -1;
+    if (k->has_next && memcmp(name, k->next.name, 16) == 0)
+        return tg_tkey_use(&k->next, iv, cctx, hctx, 0) ? 2 : -1;
     return 0;
 }
 
@@ -277,9 +282,9 @@ static int tg_tickets_init(void *rand_bytes, void *encrypt_init, void *decrypt_i
     return tg_tk_index >= 0;
 }
 
-/* Install cur (and prev, or NULL) as the context's ticket keys, and the callback; 1 on
- * success. Called again at every rotation: the keys are replaced in place. */
-static int tg_tickets_set(void *ctx, const char *cur, const char *prev)
+/* Install cur (and prev and next, each or NULL) as the context's ticket keys, and the
+ * callback; 1 on success. Called again at every rotation: the keys are replaced in place. */
+static int tg_tickets_set(void *ctx, const char *cur, const char *prev, const char *next)
 {
     tg_tkeys *k;
     if (tg_tk_index < 0)
@@ -300,11 +305,16 @@ static int tg_tickets_set(void *ctx, const char *cur, const char *prev)
     else
         tg_cleanse(&k->prev, sizeof k->prev);
     k->has_prev = prev != 0;
+    if (next)
+        memcpy(&k->next, next, sizeof k->next);
+    else
+        tg_cleanse(&k->next, sizeof k->next);
+    k->has_next = next != 0;
     return tg_set_evp_cb(ctx, (void *)tg_ticket_cb) == 1;
 }
 
-/* The context's keys into out (160 bytes: current, previous); returns 0 if it has none,
- * 1 with only a current key, 2 with both. For tests. */
+/* The context's keys into out (240 bytes: current, previous, next); returns 0 if it has
+ * none, else 1 | 2 if it has a previous key | 4 if it has a next one. For tests. */
 static int tg_tickets_get(void *ctx, char *out)
 {
     const tg_tkeys *k;
@@ -312,5 +322,6 @@ static int tg_tickets_get(void *ctx, char *out)
         return 0;
     memcpy(out, &k->cur, sizeof k->cur);
     memcpy(out + sizeof k->cur, &k->prev, sizeof k->prev);
-    return k->has_prev ? 2 : 1;
+    memcpy(out + 2 * sizeof k->cur, &k->next, sizeof k->next);
+    return 1 | (k->has_prev ? 2 : 0) | (k->has_next ? 4 : 0);
 }

@@ -25,7 +25,7 @@ int tg_tickets_init(void *rand_bytes, void *encrypt_init, void *decrypt_init,
                     void *aes_256_cbc, void *mac_set_params, void *ssl_get_ssl_ctx,
                     void *ctx_get_ex_data, void *ctx_set_ex_data, void *set_evp_cb,
                     void *cleanse, void *get_ex_new_index, void *ssl_version);
-int tg_tickets_set(void *ctx, const char *cur, const char *prev);
+int tg_tickets_set(void *ctx, const char *cur, const char *prev, const char *next);
 int tg_tickets_get(void *ctx, char *out);
 """)
 ffibuilder.set_source(

@@ -14,7 +14,9 @@ of it; these calls tlsgate needs are not in that subset:
   ``EVP_DecryptInit_ex``, ``EVP_aes_256_cbc``, ``EVP_MAC_CTX_set_params``, ``RAND_bytes``,
   ``SSL_get_SSL_CTX``, ``SSL_version``, ``SSL_CTX_get/set_ex_data``,
   ``CRYPTO_get_ex_new_index``, ``OPENSSL_cleanse``) -- the same keys, plus the previous
-  period's key accepted for a grace period after each rotation. OpenSSL's key slot above
+  period's key accepted for a grace period after each rotation, and the next period's
+  accepted ahead of it (a worker or node whose timer or clock is a little behind still takes
+  the tickets of one that has rotated). OpenSSL's key slot above
   holds one key; the callback is C code in tlsgate's accelerator module
   (tlsgate/tls/relay_accel.c, ``tg_ticket_cb``), so the grace period needs that module as
   well: without it, rotation works as with the key slot alone;
@@ -197,12 +199,13 @@ def set_num_tickets(ctx: Any, n: int) -> bool:
     return fn is not None and fn(ctx._context, n) == 1
 
 
-def set_ticket_keys(ctx: Any, key: bytes, previous: bytes | None = None) -> bool:
+def set_ticket_keys(ctx: Any, key: bytes, previous: bytes | None = None,
+                    upcoming: bytes | None = None) -> bool:
     """Install ``key`` (:data:`TICKET_KEY_LEN` bytes) as the context's session-ticket key, and
-    ``previous`` as a key whose tickets are still accepted (a fresh ticket replaces them);
-    False when unavailable. Without the callback (:func:`grace_missing`) ``previous`` is
-    ignored: only ``key``'s tickets resume. Call it again to replace both."""
-    if len(key) != TICKET_KEY_LEN or (previous is not None and len(previous) != TICKET_KEY_LEN):
+    ``previous`` and ``upcoming`` as keys whose tickets are accepted too (a fresh ticket
+    replaces them); False when unavailable. Without the callback (:func:`grace_missing`) both
+    are ignored: only ``key``'s tickets resume. Call it again to replace all three."""
+    if any(k is not None and len(k) != TICKET_KEY_LEN for k in (key, previous, upcoming)):
         raise ValueError(f"a ticket key is {TICKET_KEY_LEN} bytes")
     fn = _load().get("SSL_CTX_ctrl")
     if fn is None:
@@ -210,8 +213,10 @@ def set_ticket_keys(ctx: Any, key: bytes, previous: bytes | None = None) -> bool
     if _grace is not None:
         # the callback from now on (also with no previous key: once installed, it is what
         # OpenSSL asks, so the key slot must not be the one updated)
+        null = _grace.ffi.NULL
         return int(_grace.lib.tg_tickets_set(
-            ctx._context, key, previous if previous is not None else _grace.ffi.NULL)) == 1
+            ctx._context, key, previous if previous is not None else null,
+            upcoming if upcoming is not None else null)) == 1
     buf = _ffi.new("unsigned char[]", key)
     try:
         return int(fn(ctx._context, _CTRL_SET_TICKET_KEYS, TICKET_KEY_LEN, buf)) == 1
@@ -271,21 +276,22 @@ def chain_certs_of(ctx: Any) -> list[bytes] | None:
     return certs
 
 
-def ticket_keys_of(ctx: Any, previous: bool = False) -> bytes | None:
+def ticket_keys_of(ctx: Any, previous: bool = False, upcoming: bool = False) -> bytes | None:
     """The context's current ticket key (tests compare contexts with it), or with
-    ``previous`` the one still accepted beside it; None when there is none."""
+    ``previous`` / ``upcoming`` one of those accepted beside it; None when there is none."""
     fn = _load().get("SSL_CTX_ctrl")
     if fn is None:
         return None
     if _grace is not None:
-        out = _grace.ffi.new("char[]", 2 * TICKET_KEY_LEN)
-        n = int(_grace.lib.tg_tickets_get(ctx._context, out))
-        if n:
-            if previous:
-                return bytes(_grace.ffi.buffer(out, 2 * TICKET_KEY_LEN))[TICKET_KEY_LEN:] \
-                    if n == 2 else None
-            return bytes(_grace.ffi.buffer(out, TICKET_KEY_LEN))
-    if previous:
+        out = _grace.ffi.new("char[]", 3 * TICKET_KEY_LEN)
+        have = int(_grace.lib.tg_tickets_get(ctx._context, out))
+        if have:
+            slot = 2 if upcoming else 1 if previous else 0
+            if not have & (1 << slot):
+                return None
+            return bytes(_grace.ffi.buffer(out, 3 * TICKET_KEY_LEN))[
+                slot * TICKET_KEY_LEN:(slot + 1) * TICKET_KEY_LEN]
+    if previous or upcoming:
         return None
     buf = _ffi.new("unsigned char[]", TICKET_KEY_LEN)
     if int(fn(ctx._context, _CTRL_GET_TICKET_KEYS, TICKET_KEY_LEN, buf)) != 1:
