@@ -3,6 +3,8 @@ MQTT client on the stdlib ``ssl`` module (:func:`mqtt_over_tls`)."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import socket
 import ssl
@@ -38,15 +40,28 @@ def mosquitto_pub(port: int, topic: str, message: str, *extra: str,
 
 
 class Sub:
-    """mosquitto_sub in the background; ``wait(n)`` returns the first n lines."""
+    """mosquitto_sub in the background; ``wait(n)`` returns the first n lines.
+
+    With ``broker`` (the mosquitto the subscription reaches, directly or through tlsgate) the
+    constructor returns once the broker has sent the SUBACK, so a publish that follows cannot
+    overtake the subscription (a fixed sleep could, on a slow machine)."""
 
     def __init__(self, port: int, topic: str, *extra: str, count: int = 1,
-                 wait_s: float = 10.0) -> None:
+                 wait_s: float = 10.0, broker: Any = None) -> None:
         need("mosquitto_sub")
+        if broker is not None and "-i" not in extra:
+            extra = (*extra, "-i", f"sub-{os.urandom(4).hex()}")
         self.proc = subprocess.Popen(
             ["mosquitto_sub", "-h", "localhost", "-p", str(port), "-t", topic, "-v",
              "-C", str(count), "-W", str(int(wait_s)), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if broker is not None:
+            cid = extra[extra.index("-i") + 1]
+            try:
+                broker.wait_log(rf"Sending SUBACK to {re.escape(cid)}\b", timeout=15)
+            except BaseException:
+                self.proc.kill()
+                raise
 
     def wait(self, timeout: float = 15.0) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)

@@ -226,8 +226,7 @@ def test_mutual_tls_to_the_broker_carries_the_message(tls_broker: Mosquitto, pki
     cfg = (base_toml(tls_broker.port) + upstream_tls_toml(tls_broker.tls_port, pki, pki.ca_pem)  # type: ignore[attr-defined]
            + listener_toml("a", port, pki, upstream="tlsbroker"))
     make_gate(cfg, [port])
-    sub = Sub(tls_broker.port, "t/upstream-tls")  # plain, straight to the broker
-    time.sleep(0.3)
+    sub = Sub(tls_broker.port, "t/upstream-tls", broker=tls_broker)  # plain, to the broker
     r = mosquitto_pub(port, "t/upstream-tls", "re-encrypted", "-i", "via-tls",
                       *tls_args(pki.ca_pem))
     assert r.returncode == 0, r.stderr

@@ -47,8 +47,7 @@ def gate(broker: Mosquitto, pki: Pki, tmp_path_factory: pytest.TempPathFactory
 
 def test_one_way_tls_publish_reaches_a_direct_subscriber(gate: Gate, broker: Mosquitto,
                                                          pki: Pki) -> None:
-    sub = Sub(broker.port, "t/oneway")  # straight to the broker, plain MQTT
-    time.sleep(0.3)
+    sub = Sub(broker.port, "t/oneway", broker=broker)  # straight to the broker, plain MQTT
     r = mosquitto_pub(gate.one, "t/oneway", "hello via tlsgate",  # type: ignore[attr-defined]
                       *tls_args(pki.ca_pem))
     assert r.returncode == 0, r.stderr
@@ -59,9 +58,7 @@ def test_one_way_tls_publish_reaches_a_direct_subscriber(gate: Gate, broker: Mos
 
 def test_one_way_tls_subscriber_receives_from_the_broker(gate: Gate, broker: Mosquitto,
                                                          pki: Pki) -> None:
-    sub = Sub(gate.one, "t/back", *tls_args(pki.ca_pem))  # type: ignore[attr-defined]
-    broker.wait_log(r"Sending CONNACK", timeout=10)
-    time.sleep(0.3)
+    sub = Sub(gate.one, "t/back", *tls_args(pki.ca_pem), broker=broker)  # type: ignore[attr-defined]
     r = mosquitto_pub(broker.port, "t/back", "from the broker side")
     assert r.returncode == 0, r.stderr
     rc, out, err = sub.wait()
@@ -71,8 +68,7 @@ def test_one_way_tls_subscriber_receives_from_the_broker(gate: Gate, broker: Mos
 
 def test_mutual_tls_with_paho_maps_cn_to_username(gate: Gate, broker: Mosquitto,
                                                   pki: Pki) -> None:
-    sub = Sub(broker.port, "t/mtls")
-    time.sleep(0.3)
+    sub = Sub(broker.port, "t/mtls", broker=broker)
     c, res = paho_client(gate.mtls, pki.ca_pem, cert=pki.client.cert,  # type: ignore[attr-defined]
                          key=pki.client.key, client_id="paho-mtls")
     try:
@@ -144,8 +140,7 @@ def test_garbage_stalls_and_vanishing_clients_leave_it_serving_without_leaks(
         raw.sendall(out.read())
         raw.close()
     # others are still served meanwhile
-    sub = Sub(broker.port, "t/alive")
-    time.sleep(0.3)
+    sub = Sub(broker.port, "t/alive", broker=broker)
     r = mosquitto_pub(gate.one, "t/alive", "still here", *tls_args(pki.ca_pem))  # type: ignore[attr-defined]
     assert r.returncode == 0, r.stderr
     assert sub.wait()[1].strip() == "t/alive still here"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +95,7 @@ def gmclient(port: int, protocol: str, sm2: Any, *, cipher: str = "", client: bo
 def test_gm_client_publishes_through_the_gm_listener(protocol: str, cipher: str, sm2: Any,
                                                      gmgate: Gate, broker: Mosquitto) -> None:
     topic = f"gm/{protocol}/{cipher}"
-    sub = Sub(broker.port, topic)
-    time.sleep(0.3)
+    sub = Sub(broker.port, topic, broker=broker)
     out = gmclient(gmgate.one, protocol, sm2, cipher=cipher,  # type: ignore[attr-defined]
                    send_hex=_mqtt(f"gm-{cipher}", topic, b"sm4 says hi"), expect=4)
     assert out["ok"], out
@@ -158,8 +156,7 @@ def test_the_gm_example_publishes_by_ip_address(protocol: str, sm2: Any, gmgate:
                                                 broker: Mosquitto) -> None:
     from tests.procs import REPO
 
-    sub = Sub(broker.port, f"demo/gm-{protocol}")
-    time.sleep(0.3)
+    sub = Sub(broker.port, f"demo/gm-{protocol}", broker=broker)
     r = subprocess.run([sys.executable, str(REPO / "examples/gm/gm_publish.py"), "--host",
                         "127.0.0.1", "--port", str(gmgate.one), "--protocol", protocol,  # type: ignore[attr-defined]
                         "--cafile", str(sm2.ca_cert), "--topic", f"demo/gm-{protocol}",
