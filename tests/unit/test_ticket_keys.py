@@ -39,6 +39,12 @@ def _client_ctx(pki: Pki) -> ssl.SSLContext:
     return c
 
 
+def _tls12_client_ctx(pki: Pki) -> ssl.SSLContext:
+    c = ssl.create_default_context(cafile=str(pki.ca_pem))
+    c.maximum_version = ssl.TLSVersion.TLSv1_2
+    return c
+
+
 def _connect(pki: Pki, ctx: ServerContext, cctx: ssl.SSLContext,
              session: ssl.SSLSession | None = None) -> Peer:
     """Handshake, then one server write (the tickets go out with it) read by the client."""
@@ -180,8 +186,7 @@ def test_ticket_keys_rotate_by_period(pki: Pki) -> None:
     assert ctx.rekey is not None
     cctx = _client_ctx(pki)
     old = _connect(pki, ctx, cctx).cli.session
-    c12 = ssl.create_default_context(cafile=str(pki.ca_pem))
-    c12.maximum_version = ssl.TLSVersion.TLSv1_2
+    c12 = _tls12_client_ctx(pki)
     old12 = _connect(pki, ctx, c12).cli.session
     ctx.rekey(before + 1)
     assert unbound.ticket_keys_of(ctx.ctx) == ticket_key(SECRET, "listeners.ssl.t", opts,
@@ -339,8 +344,7 @@ def test_a_fresh_ticket_on_a_live_connection_resumes_after_a_rekey(pki: Pki) -> 
 
 def test_no_fresh_ticket_on_tls12_or_a_closing_connection(pki: Pki) -> None:
     ctx = build_server_context(_opts(pki), "listeners.ssl.t", ticket_secret=SECRET)
-    c12 = ssl.create_default_context(cafile=str(pki.ca_pem))
-    c12.maximum_version = ssl.TLSVersion.TLSv1_2
+    c12 = _tls12_client_ctx(pki)
     old = _connect(pki, ctx, c12)
     assert not old.sess.new_ticket() and old.sent == []
     live = _connect(pki, ctx, _client_ctx(pki))
@@ -375,12 +379,6 @@ def test_a_context_accepts_the_next_periods_tickets(pki: Pki) -> None:
     fixed = build_server_context(opts, "listeners.ssl.t", ticket_secret=SECRET)
     assert unbound.ticket_keys_of(fixed.ctx) is not None
     assert unbound.ticket_keys_of(fixed.ctx, upcoming=True) is None
-
-
-def _tls12_client_ctx(pki: Pki) -> ssl.SSLContext:
-    c = ssl.create_default_context(cafile=str(pki.ca_pem))
-    c.maximum_version = ssl.TLSVersion.TLSv1_2
-    return c
 
 
 def test_a_start_or_reload_that_spans_a_period_boundary_installs_the_new_keys(
