@@ -2,7 +2,8 @@
 # Start tlsgate the way ../shared/bench/compare.sh expects a candidate: TLS on 127.0.0.1:$CAND_PORT
 # with $BENCH_CERTS/server.crt + server.key, plain MQTT to 127.0.0.1:1883, one worker, the full
 # product in the path (MQTT gate, access log, metrics counters). EXTRA_SSL: more lines for the
-# listener's [ssl_options] table (e.g. a CRL configuration), WORKERS, ACCESS_LOG.
+# listener's [ssl_options] table (e.g. a CRL configuration), EXTRA_NODE: more lines for [node]
+# (e.g. handshake_batch_window = "0"), WORKERS, ACCESS_LOG.
 #   ../shared/bench/compare.sh -- benchmarks/serve-for-bench.sh
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,6 +14,7 @@ cat > "$work/bench.toml" <<TOML
 name = "bench"
 workers = ${WORKERS:-1}
 data_dir = "$work/data"
+${EXTRA_NODE:-}
 [log]
 access_log = ${ACCESS_LOG:-true}
 file = "$work/tlsgate.log"

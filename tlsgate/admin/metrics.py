@@ -73,6 +73,7 @@ class _Sum:
         self.groups: Counter[tuple[str, str]] = Counter()
         self.resumed: Counter[str] = Counter()
         self.tickets_refreshed: Counter[str] = Counter()
+        self.hs_steps: Counter[tuple[str, str]] = Counter()
         self.failures: Counter[tuple[str, str]] = Counter()
         self.refusals: Counter[tuple[str, str]] = Counter()
         self.bytes: Counter[tuple[str, str]] = Counter()
@@ -94,6 +95,8 @@ class _Sum:
                 self.groups[label, group] += n
             self.resumed[label] += s.get("resumed", 0)
             self.tickets_refreshed[label] += s.get("tickets_refreshed", 0)
+            for run, n in (s.get("handshake_steps") or {}).items():
+                self.hs_steps[label, run] += n
             for reason, n in s["handshake_failures"].items():
                 self.failures[label, reason] += n
             for reason, n in s["refusals"].items():
@@ -267,6 +270,15 @@ class GatewayCollector(Collector):
         for label in s.labels():
             tr.add_metric([label], s.tickets_refreshed[label])
         yield tr
+        hb = CounterMetricFamily("tlsgate_handshake_steps",
+                                 "TLS handshake steps (one per client flight) run at once "
+                                 "(run=\"immediate\") or with others that arrived within "
+                                 "node.handshake_batch_window (run=\"batched\").",
+                                 labels=["listener", "run"])
+        for label in s.labels():
+            for run in ("immediate", "batched"):
+                hb.add_metric([label, run], s.hs_steps[label, run])
+        yield hb
         hf = CounterMetricFamily("tlsgate_handshake_failures",
                                  "Failed TLS handshakes by kind of failure.",
                                  labels=["listener", "reason"])

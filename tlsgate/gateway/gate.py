@@ -154,14 +154,11 @@ class ClientGate(asyncio.BufferedProtocol):
         phase = self.phase
         try:
             if phase == _HANDSHAKE:
-                sess = self.sess
-                assert sess is not None
-                sess.feed_in(nbytes)
-                if self.guard is None:
-                    if sess.handshake():
-                        self._handshake_done()
-                else:
-                    self._guarded_step()
+                assert self.sess is not None
+                self.sess.feed_in(nbytes)
+                # the TLS work itself runs now or with the others that arrived within
+                # node.handshake_batch_window (tlsgate.gateway.handshakes)
+                self.lst.handshakes.submit(self)
             elif phase == _POST_HS:
                 # Waiting for a revocation verdict: keep the ciphertext, touch no TLS state.
                 assert self.sess is not None
@@ -221,15 +218,28 @@ class ClientGate(asyncio.BufferedProtocol):
         self._admit_tcp()
         if rest and self.phase == _HANDSHAKE and self.sess is not None:
             self.sess.feed(rest)
-            try:
-                if self.guard is not None:
-                    self._guarded_step()
-                elif self.sess.handshake():
-                    self._handshake_done()
-            except HandshakeError as exc:
-                self._handshake_failed(exc.reason)
+            self.lst.handshakes.submit(self)
 
     # ---------------------------------------------------------------------- handshake
+    def handshake_step(self, batched: bool) -> None:
+        """Advance the handshake on what the client has sent (run by the listener's
+        :class:`~tlsgate.gateway.handshakes.HandshakeBatcher`, at once or in a batch)."""
+        if self.phase != _HANDSHAKE:
+            return  # closed (or finished) while the step waited for its batch
+        self.lst.stats.handshake_steps[batched] += 1
+        try:
+            if self.guard is not None:
+                self._guarded_step()
+            elif self.sess.handshake():
+                self._handshake_done()
+        except HandshakeError as exc:
+            self._handshake_failed(exc.reason)
+        except TlsError as exc:
+            self.close("tls error: " + exc.reason)
+
+    def internal_error(self, reason: str) -> None:
+        self.close(reason)
+
     def _handshake_failed(self, reason: str) -> None:
         if self.phase == _CLOSED:
             return

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.schema import ListenerBase, MqttConfig, UpstreamConfig
 from ..config.types import split_hostport
+from .handshakes import HandshakeBatcher
 from .policy import AccessRules, Cidrs, RateLimiter
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class ListenerStats:
     resumed: int = 0               # successful handshakes that resumed a session
     tickets_refreshed: int = 0     # session tickets sent to live connections (gateway.tickets)
     handshake_failures: Counter[str] = field(default_factory=Counter)       # reason class
+    #: handshake steps run in a batch (True) or at once (False): node.handshake_batch_window
+    handshake_steps: Counter[bool] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)                 # reason
     bytes_in: int = 0
     bytes_out: int = 0
@@ -77,6 +80,9 @@ class ListenerRuntime:
         self.upstream_tls: Any = None
         #: The worker's RevocationRuntime (live-connection index for close_revoked_connections).
         self.revocation: Any = None
+        #: Runs handshake steps (the gateway installs the worker's shared one; this default
+        #: runs every step at once).
+        self.handshakes = HandshakeBatcher(self.loop, 0.0)
         self.apply(cfg, mqtt, upstream, context)
 
     def apply(self, cfg: ListenerBase, mqtt: MqttConfig, upstream: UpstreamConfig,

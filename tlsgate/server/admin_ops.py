@@ -153,6 +153,8 @@ def listener_stats(gw: Gateway) -> dict[str, Any]:
             "groups": dict(st.groups),
             "resumed": st.resumed,
             "tickets_refreshed": st.tickets_refreshed,
+            "handshake_steps": {"batched": st.handshake_steps[True],
+                                "immediate": st.handshake_steps[False]},
             "handshake_failures": dict(st.handshake_failures),
             "refusals": dict(st.refusals),
             "bytes_in": st.bytes_in + lb[0],

@@ -25,6 +25,7 @@ from ..auth import AuthConfigError, AuthRequest, HttpAuthenticator
 from ..config import Config, ConfigError, Problem
 from ..config.schema import ListenerBase
 from ..gateway.gate import ClientGate
+from ..gateway.handshakes import HandshakeBatcher
 from ..gateway.listener import ListenerRuntime
 from ..gateway.record import ConnRecord
 from ..gateway.registry import Registry
@@ -123,6 +124,9 @@ class Gateway:
         self._key_epoch: int | None = None
         #: Fresh session tickets for long-lived connections (ssl_options.session_ticket_refresh).
         self.tickets = TicketRefresher(lambda: [r.rt for r in self.listeners.values()])
+        #: This worker's handshake batching (node.handshake_batch_window), shared by its
+        #: listeners; made with the first listener (it needs the running loop).
+        self.handshakes: HandshakeBatcher | None = None
 
     def _schedule_rekey(self) -> None:
         """Install the current period's ticket keys if a boundary passed since the listeners'
@@ -324,6 +328,10 @@ class Gateway:
 
     def _install(self, rt: ListenerRuntime) -> None:
         """Per-listener hooks of this gateway (run at start and after every reload)."""
+        if self.handshakes is None:
+            self.handshakes = HandshakeBatcher(rt.loop, 0.0)
+        self.handshakes.window = self.config.node.handshake_batch_window
+        rt.handshakes = self.handshakes
         rt.upstream_tls = self.upstream_tls.get(rt.cfg.upstream)
         rt.revocation = self.revocation
         rt.psk_identity_of = (self._psk_identity_of if self.config.psk_authentication.enable
