@@ -44,8 +44,11 @@ for w in 1 2; do
     | grep -o "rate=[0-9.]*\|proxy_cpu=[0-9.]*\|proxy_us_per_op=[0-9.]*\|client_cpu=[0-9.]*\|fails=[0-9]*" | paste -sd' ')
   echo "$line"
   RATE[$w]=$(echo "$line" | grep -o "rate=[0-9.]*" | cut -d= -f2)
+  case $line in *fails=0*) ;; *) echo "  connections failed: see $B/tlsgate/tlsgate.log; no ratio" >&2; RATE[1]=0 ;; esac
   pkill -f "tlsgate serve -c $B/tlsgate/bench.toml"; sleep 1
   uncap
 done
 awk -v a="${RATE[1]:-0}" -v b="${RATE[2]:-0}" 'BEGIN{ if (a > 0) printf "workers=2 / workers=1: %.2fx handshakes per second\n", b / a }'
-[ -n "$own_broker" ] && kill "$own_broker" 2>/dev/null
+# wait for our broker to be gone: a run started right after this one must not find it exiting
+[ -n "$own_broker" ] && kill "$own_broker" 2>/dev/null && wait "$own_broker" 2>/dev/null
+true
