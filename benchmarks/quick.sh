@@ -32,8 +32,8 @@ MON="--mon-proxy $W --mon-broker $B_PID"
 D=${DUR:-4}
 for m in ${*:-hs msg bulk}; do
   case $m in
-    hs) taskset -c 1 env GOMAXPROCS=1 "$BIN/hsload" -p "$CAND_PORT" -c 50 -d "$D" -w 1 -src 4 -mon-proxy "$W" -mon-broker "$B_PID" ;;
-    hs_resume) taskset -c 1 env GOMAXPROCS=1 "$BIN/hsload" -p "$CAND_PORT" -resume -c 50 -d "$D" -w 1 -src 4 -mon-proxy "$W" -mon-broker "$B_PID" ;;
+    hs) taskset -c 1 env GOMAXPROCS=1 "$BIN/hsload" -p "$CAND_PORT" -c ${CONC:-50} -d "$D" -w 1 -src 4 -mon-proxy "$W" -mon-broker "$B_PID" ;;
+    hs_resume) taskset -c 1 env GOMAXPROCS=1 "$BIN/hsload" -p "$CAND_PORT" -resume -c ${CONC:-50} -d "$D" -w 1 -src 4 -mon-proxy "$W" -mon-broker "$B_PID" ;;
     msg) taskset -c 1 "$BIN/mqload" -m pub -p "$CAND_PORT" -P 8 -s 100 -d "$D" -w 1 $MON ;;
     bulk) taskset -c 1 "$BIN/mqload" -m pub -p "$CAND_PORT" -P 4 -s 65536 -d "$D" -w 1 $MON ;;
     lat) taskset -c 1 "$BIN/mqload" -m lat -p "$CAND_PORT" -s 100 --rate 1000 --samples 3000 $MON ;;

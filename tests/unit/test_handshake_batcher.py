@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 
 import pytest
 
@@ -47,25 +48,66 @@ def test_window_zero_runs_every_step_at_once() -> None:
     run(main())
 
 
-def test_a_lone_step_runs_at_once_and_the_next_ones_wait_for_the_batch() -> None:
+def test_light_load_runs_at_once_and_a_busy_window_batches_the_rest() -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         log: list[tuple[str, bool]] = []
-        b = HandshakeBatcher(loop, 0.05)
-        a, later = Step("a", log), Step("b", log)
-        b.submit(a)
-        assert log == [("a", False)]
+        b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
+        k = HandshakeBatcher.BUSY_STEPS
+        light = [Step(f"l{i}", log) for i in range(k)]
+        for s in light:
+            b.submit(s)
+        assert log == [(s.name, False) for s in light]  # each ran inside submit()
+        late, later = Step("late", log), Step("later", log)
+        b.submit(late)
         b.submit(later)
-        b.submit(Step("c", log))
-        assert log == [("a", False)]  # within the window: queued, not run
+        assert len(log) == k  # the window is busy: queued, not run
         await asyncio.sleep(0.2)
-        assert log == [("a", False), ("b", True), ("c", True)]  # one batch, in arrival order
-        # and not before the window had passed since "a" ran (less the timer's 1 ms grain)
-        assert a.ran_at is not None and later.ran_at is not None
-        assert later.ran_at - a.ran_at >= 0.048
-        # after a quiet window, a step runs at once again
-        b.submit(Step("d", log))
-        assert log[-1] == ("d", False)
+        assert log[k:] == [("late", True), ("later", True)]  # one batch, in arrival order
+        # at the window's end: not before the window had passed since its first step (less
+        # the timer's grain)
+        assert light[0].ran_at is not None and late.ran_at is not None
+        assert late.ran_at - light[0].ran_at >= 0.045
+        # a small batch (fewer than BUSY_STEPS): the load fell, steps run at once again
+        b.submit(Step("again", log))
+        assert log[-1] == ("again", False)
+    run(main())
+
+
+def test_steps_that_take_half_the_window_make_it_busy() -> None:
+    """On a machine where a step costs much, fewer steps than BUSY_STEPS fill the window."""
+    async def main() -> None:
+        log: list[tuple[str, bool]] = []
+        b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
+
+        class Slow(Step):
+            def handshake_step(self, batched: bool) -> None:
+                super().handshake_step(batched)
+                time.sleep(0.03)  # more than half the window, on the loop's own thread
+
+        b.submit(Slow("slow", log))
+        b.submit(Step("next", log))
+        assert log == [("slow", False)]
+        await asyncio.sleep(0.2)
+        assert log == [("slow", False), ("next", True)]
+    run(main())
+
+
+def test_a_full_batch_keeps_the_next_window_batching_from_its_first_step() -> None:
+    async def main() -> None:
+        log: list[tuple[str, bool]] = []
+        b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
+        k = HandshakeBatcher.BUSY_STEPS
+        for i in range(2 * k):  # k at once, k in the batch
+            b.submit(Step(f"a{i}", log))
+        await asyncio.sleep(0.15)
+        assert [batched for _, batched in log] == [False] * k + [True] * k
+        b.submit(Step("first-of-next", log))
+        assert len(log) == 2 * k  # busy: even the window's first step waits
+        await asyncio.sleep(0.15)
+        assert log[-1] == ("first-of-next", True)
+        # that batch had one step: no longer busy
+        b.submit(Step("light", log))
+        assert log[-1] == ("light", False)
     run(main())
 
 
@@ -73,12 +115,14 @@ def test_a_client_whose_bytes_arrive_twice_is_in_the_batch_once() -> None:
     async def main() -> None:
         log: list[tuple[str, bool]] = []
         b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
-        b.submit(Step("first", log))
+        k = HandshakeBatcher.BUSY_STEPS
+        for i in range(k):
+            b.submit(Step(f"l{i}", log))
         x, y = Step("x", log), Step("y", log)
         for s in (x, y, x, x, y):
             b.submit(s)
         await asyncio.sleep(0.2)
-        assert log == [("first", False), ("x", True), ("y", True)]
+        assert log[k:] == [("x", True), ("y", True)]
     run(main())
 
 
@@ -87,22 +131,23 @@ def test_batches_keep_coming_one_window_apart_under_steady_arrivals() -> None:
         log: list[tuple[str, bool]] = []
         b = HandshakeBatcher(asyncio.get_running_loop(), 0.03)
         steps = [Step(str(i), log) for i in range(40)]
-        for s in steps:  # a step every 5 ms for 200 ms
+        for s in steps:  # a step every 2 ms for 80 ms: ~15 per window, busy
             b.submit(s)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
         await asyncio.sleep(0.1)
         assert len(log) == 40
         ran_at = sorted(s.ran_at for s in steps if s.ran_at is not None)
         assert log[0] == ("0", False)
         immediate = [n for n, batched in log if not batched]
-        assert len(immediate) <= 5  # busy: nearly everything went through batches
+        # the first window's BUSY_STEPS at once, everything after through batches
+        assert HandshakeBatcher.BUSY_STEPS <= len(immediate) <= HandshakeBatcher.BUSY_STEPS + 2
         # runs: steps less than 10 ms apart ran together; each run ~a window after the last
         runs = [ran_at[0]]
         for prev, t in itertools.pairwise(ran_at):
             if t - prev > 0.01:
                 runs.append(t)
         gaps = [b2 - b1 for b1, b2 in itertools.pairwise(runs)]
-        assert len(runs) < 15  # 40 steps in far fewer runs
+        assert len(runs) < 10  # 40 steps in far fewer runs
         assert min(gaps) >= 0.02
     run(main())
 
@@ -112,13 +157,15 @@ def test_a_step_that_raises_closes_its_own_connection_and_the_batch_goes_on(
     async def main() -> None:
         log: list[tuple[str, bool]] = []
         b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
-        b.submit(Step("first", log))
+        k = HandshakeBatcher.BUSY_STEPS
+        for i in range(k):
+            b.submit(Step(f"l{i}", log))
         bad = Step("bad", log, fail=True)
         after = Step("after", log)
         b.submit(bad)
         b.submit(after)
         await asyncio.sleep(0.2)
-        assert log == [("first", False), ("bad", True), ("after", True)]
+        assert log[k:] == [("bad", True), ("after", True)]
         assert bad.closed == "internal error in the handshake: RuntimeError"
         assert after.closed is None
     with caplog.at_level(logging.ERROR, logger="tlsgate.gateway"):

@@ -124,17 +124,19 @@ ZH: dict[str, tuple[str, str]] = {
         "On SIGTERM: how long live connections may drain before they are closed.",
         "收到 SIGTERM 后，允许现有连接自然结束的时长，超时后关闭。"),
     "node.handshake_batch_window": (
-        "Under load, each worker runs the TLS handshake steps that arrive within this window "
-        "together, one window after the previous batch, instead of one wake-up per client "
-        "read: the worker, the clients and the broker wake once per burst (on the hs benchmark "
-        "2ms cut the worker's CPU per new connection by about 40 %). A step that arrives when "
-        "none ran within the last window runs at once, so a lone client waits for nothing; "
-        "under load a step waits at most this long. 0 turns batching off.",
-        "负载较高时，每个工作进程把在该时间窗内到达的 TLS 握手步骤"
-        "放在一起处理（距上一批一个时间窗之后），而不是每次客户端读取都唤醒一次："
-        "工作进程、客户端和 broker 每批只唤醒一次（在 hs 基准测试中，2ms 使每个新连接的"
-        "工作进程 CPU 降低约 40%）。若上一个时间窗内没有步骤运行，新到的步骤立即执行，"
-        "因此单个客户端无需等待；负载下每个步骤最多等待该时长。0 = 关闭批处理。"),
+        "When a worker is busy with new connections (more than 4 TLS handshake steps, or steps "
+        "taking more than half of this window, within one window), the window's further steps "
+        "run together at its end, and while batches stay full the next window batches from its "
+        "start: the worker, the clients and the broker then wake once per burst instead of once "
+        "per client read (on the hs benchmark 2ms cut the worker's CPU per new connection by "
+        "about 40 %). Under light load every step runs at once; under load a step waits at most "
+        "this long. 0 turns batching off.",
+        "当工作进程忙于处理新连接时（一个时间窗内超过 4 个 TLS 握手步骤，"
+        "或步骤耗时超过半个时间窗），该时间窗内其余的步骤在窗末一起处理；"
+        "只要批次仍然满，下一个时间窗从开始就批量处理：工作进程、客户端和 broker "
+        "每批只唤醒一次，而不是每次客户端读取都唤醒一次（在 hs 基准测试中，"
+        "2ms 使每个新连接的工作进程 CPU 降低约 40%）。轻负载时每个步骤立即执行；"
+        "负载下每个步骤最多等待该时长。0 = 关闭批处理。"),
     "node.session_ticket_secret_file": (
         "File of at least 32 random bytes the TLS session-ticket keys are derived from, so "
         "that sessions also resume on other nodes given the same file and after a restart "

@@ -65,12 +65,13 @@ class NodeConfig(Section):
                                                          "may drain before they are closed.")
     handshake_batch_window: Duration = Field(
         0.002, le=0.1,
-        description="Under load, each worker runs the TLS handshake steps that arrive within this "
-                    "window together, one window after the previous batch, instead of one wake-up "
-                    "per client read: the worker, the clients and the broker wake once per burst "
-                    "(on the hs benchmark 2ms cut the worker's CPU per new connection by about "
-                    "40 %). A step that arrives when none ran within the last window runs at once, "
-                    "so a lone client waits for nothing; under load a step waits at most this "
+        description="When a worker is busy with new connections (more than 4 TLS handshake steps, "
+                    "or steps taking more than half of this window, within one window), the "
+                    "window's further steps run together at its end, and while batches stay full "
+                    "the next window batches from its start: the worker, the clients and the "
+                    "broker then wake once per burst instead of once per client read (on the hs "
+                    "benchmark 2ms cut the worker's CPU per new connection by about 40 %). Under "
+                    "light load every step runs at once; under load a step waits at most this "
                     "long. 0 turns batching off.")
     session_ticket_secret_file: str = Field(
         "", description="File of at least 32 random bytes the TLS session-ticket keys are "
