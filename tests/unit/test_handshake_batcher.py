@@ -94,20 +94,44 @@ def test_steps_that_take_half_the_window_make_it_busy() -> None:
 
 def test_a_full_batch_keeps_the_next_window_batching_from_its_first_step() -> None:
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         log: list[tuple[str, bool]] = []
-        b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
+        b = HandshakeBatcher(loop, 0.05)
         k = HandshakeBatcher.BUSY_STEPS
-        for i in range(2 * k):  # k at once, k in the batch
+        nxt = Step("first-of-next", log)
+
+        class Last(Step):  # its client's next flight arrives right after the batch
+            def handshake_step(self, batched: bool) -> None:
+                super().handshake_step(batched)
+                loop.call_soon(b.submit, nxt)
+
+        for i in range(2 * k - 1):  # k at once, k in the batch
             b.submit(Step(f"a{i}", log))
-        await asyncio.sleep(0.15)
+        b.submit(Last("last", log))
+        await asyncio.sleep(0.02)
+        assert len(log) == k
+        await asyncio.sleep(0.05)
         assert [batched for _, batched in log] == [False] * k + [True] * k
-        b.submit(Step("first-of-next", log))
-        assert len(log) == 2 * k  # busy: even the window's first step waits
-        await asyncio.sleep(0.15)
+        assert nxt.ran_at is None  # busy: even the new window's first step waits
+        await asyncio.sleep(0.1)
         assert log[-1] == ("first-of-next", True)
         # that batch had one step: no longer busy
         b.submit(Step("light", log))
         assert log[-1] == ("light", False)
+    run(main())
+
+
+def test_a_window_without_steps_ends_the_busy_mode() -> None:
+    async def main() -> None:
+        log: list[tuple[str, bool]] = []
+        b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
+        k = HandshakeBatcher.BUSY_STEPS
+        for i in range(3 * k):  # k at once, a full batch of 2k: busy
+            b.submit(Step(f"a{i}", log))
+        await asyncio.sleep(0.2)  # the batch ran, then more than a window without a step
+        assert len(log) == 3 * k
+        b.submit(Step("after-a-lull", log))
+        assert log[-1] == ("after-a-lull", False)
     run(main())
 
 

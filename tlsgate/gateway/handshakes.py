@@ -11,8 +11,8 @@ every step to :meth:`HandshakeBatcher.submit`:
   about half of what a worker does without batching;
 * beyond that the worker is busy: the window's further steps join the batch that runs at its
   end, and while batches have at least ``BUSY_STEPS`` steps the next window batches from its
-  first step; a smaller batch (the load fell) ends that. A client whose bytes arrive twice
-  before its batch runs is in it once.
+  first step; a smaller batch, or a window without any step (the load fell), ends that. A
+  client whose bytes arrive twice before its batch runs is in it once.
 
 Why: on the hs benchmark (50 clients connecting in a loop, one worker; `benchmarks/quick.sh hs`
 with `EXTRA_NODE='handshake_batch_window = ...'`), the worker's CPU per new connection was
@@ -85,10 +85,11 @@ class HandshakeBatcher:
             return
         clock = self._loop.time
         now = clock()
-        if now >= self._end:
+        if now >= self._end:  # a new window; the last one passed without a step: not busy
             self._end = now + self.window
             self._count = 0
             self._spent = 0.0
+            self._busy = False
         if not self._busy and self._count < self.BUSY_STEPS \
                 and self._spent < self.window * self.BUSY_SHARE:
             self._run(gate, False)
