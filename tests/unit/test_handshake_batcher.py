@@ -37,6 +37,18 @@ def run(coro: object) -> None:
     asyncio.run(coro)  # type: ignore[arg-type]
 
 
+K = HandshakeBatcher.BUSY_STEPS
+
+
+def busy_window(log: list[tuple[str, bool]], n: int = K) -> HandshakeBatcher:
+    """A batcher with a 50 ms window that has run ``n`` (default: BUSY_STEPS, the most a light
+    window runs at once) steps; with n > BUSY_STEPS the rest are queued for its batch."""
+    b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
+    for i in range(n):
+        b.submit(Step(f"l{i}", log))
+    return b
+
+
 def test_window_zero_runs_every_step_at_once() -> None:
     async def main() -> None:
         log: list[tuple[str, bool]] = []
@@ -124,12 +136,9 @@ def test_a_full_batch_keeps_the_next_window_batching_from_its_first_step() -> No
 def test_a_window_without_steps_ends_the_busy_mode() -> None:
     async def main() -> None:
         log: list[tuple[str, bool]] = []
-        b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
-        k = HandshakeBatcher.BUSY_STEPS
-        for i in range(3 * k):  # k at once, a full batch of 2k: busy
-            b.submit(Step(f"a{i}", log))
+        b = busy_window(log, 3 * K)  # K at once, a full batch of 2K: busy
         await asyncio.sleep(0.2)  # the batch ran, then more than a window without a step
-        assert len(log) == 3 * k
+        assert len(log) == 3 * K
         b.submit(Step("after-a-lull", log))
         assert log[-1] == ("after-a-lull", False)
     run(main())
@@ -138,15 +147,12 @@ def test_a_window_without_steps_ends_the_busy_mode() -> None:
 def test_a_client_whose_bytes_arrive_twice_is_in_the_batch_once() -> None:
     async def main() -> None:
         log: list[tuple[str, bool]] = []
-        b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
-        k = HandshakeBatcher.BUSY_STEPS
-        for i in range(k):
-            b.submit(Step(f"l{i}", log))
+        b = busy_window(log)
         x, y = Step("x", log), Step("y", log)
         for s in (x, y, x, x, y):
             b.submit(s)
         await asyncio.sleep(0.2)
-        assert log[k:] == [("x", True), ("y", True)]
+        assert log[K:] == [("x", True), ("y", True)]
     run(main())
 
 
@@ -180,16 +186,13 @@ def test_a_step_that_raises_closes_its_own_connection_and_the_batch_goes_on(
         caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         log: list[tuple[str, bool]] = []
-        b = HandshakeBatcher(asyncio.get_running_loop(), 0.05)
-        k = HandshakeBatcher.BUSY_STEPS
-        for i in range(k):
-            b.submit(Step(f"l{i}", log))
+        b = busy_window(log)
         bad = Step("bad", log, fail=True)
         after = Step("after", log)
         b.submit(bad)
         b.submit(after)
         await asyncio.sleep(0.2)
-        assert log[k:] == [("bad", True), ("after", True)]
+        assert log[K:] == [("bad", True), ("after", True)]
         assert bad.closed == "internal error in the handshake: RuntimeError"
         assert after.closed is None
     with caplog.at_level(logging.ERROR, logger="tlsgate.gateway"):
