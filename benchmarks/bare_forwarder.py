@@ -5,6 +5,8 @@ server.key, plaintext to 127.0.0.1:1883, using the same context builder, ServerS
 buffers and C relay loops as tlsgate -- and nothing else: no MQTT gate (the CONNECT is forwarded
 unread), no limits, timers, access log, metrics, registry, half-close or error reporting.
 What tlsgate costs per connection above this is what its gate does in Python.
+BARE_BATCH=0.002 runs the handshake steps through tlsgate's HandshakeBatcher with that window
+(seconds), as tlsgate does by default (node.handshake_batch_window); unset: every step at once.
 
     BENCH_CERTS=... CAND_PORT=18005 .venv/bin/python benchmarks/bare_forwarder.py
     benchmarks/quick.sh runs it instead of tlsgate with SERVE=benchmarks/bare_forwarder.py
@@ -19,6 +21,7 @@ from typing import Any
 import uvloop
 
 from tlsgate.config.schema import ServerSslOptions
+from tlsgate.gateway.handshakes import HandshakeBatcher
 from tlsgate.server.sockets import tune_malloc
 from tlsgate.tls import engine
 from tlsgate.tls.context import build_server_context
@@ -46,8 +49,9 @@ class Upstream(asyncio.BufferedProtocol):
 
 
 class Client(asyncio.BufferedProtocol):
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, batcher: HandshakeBatcher) -> None:
         self.ctx = ctx
+        self.batcher = batcher
         self.up: asyncio.Transport | None = None
         self.up_fd = -1
         self.pending = b""
@@ -69,14 +73,25 @@ class Client(asyncio.BufferedProtocol):
                     self.up.write(OUT_VIEW[_SENT[2]:total].tobytes())
             elif not self.done:
                 self.sess.feed_in(nbytes)
-                if self.sess.handshake():
-                    self.done = True
-                    self.pending += self.sess.read_plain()
-                    asyncio.get_running_loop().create_task(self.dial())
+                self.batcher.submit(self)
             else:
                 self.pending += self.sess.read_plain(nbytes)
         except TlsError:
             self.transport.close()
+
+    def handshake_step(self, batched: bool) -> None:
+        if self.done or self.transport.is_closing():
+            return
+        try:
+            if self.sess.handshake():
+                self.done = True
+                self.pending += self.sess.read_plain()
+                asyncio.get_running_loop().create_task(self.dial())
+        except TlsError:
+            self.transport.close()
+
+    def internal_error(self, reason: str) -> None:
+        self.transport.close()
 
     async def dial(self) -> None:
         loop = asyncio.get_running_loop()
@@ -101,7 +116,8 @@ async def main() -> None:
     ctx = build_server_context(opts, "listeners.ssl.bare")
     loop = asyncio.get_running_loop()
     port = int(os.environ.get("CAND_PORT", "18005"))
-    srv = await loop.create_server(lambda: Client(ctx), "127.0.0.1", port, backlog=4096,
+    batcher = HandshakeBatcher(loop, float(os.environ.get("BARE_BATCH", "0")))
+    srv = await loop.create_server(lambda: Client(ctx, batcher), "127.0.0.1", port, backlog=4096,
                                    reuse_address=True)
     async with srv:
         await srv.serve_forever()

@@ -5,9 +5,12 @@ three times what the same work costs through the cffi bindings it sits on — it
 exception to end every read loop, allocates a fresh buffer per call and copies per record. So:
 
 * A session is created through pyOpenSSL (``SSL.Connection(ctx, None)`` makes the SSL object
-  and its two memory BIOs, and keeps pyOpenSSL's callbacks — SNI, ALPN, OCSP, verify — working),
-  and the raw ``SSL*``/``BIO*`` pointers are then driven directly through ``OpenSSL._util.lib``,
-  checking return codes instead of raising.
+  and its two memory BIOs, and keeps pyOpenSSL's callbacks — SNI, ALPN, OCSP, verify — working)
+  when its context has such callbacks (:func:`needs_connection`); on a context without any (the
+  plain one-way TLS listener) the same three objects are made with four direct calls: pyOpenSSL's
+  Connection costs a Python object, a weak reference in its reverse mapping and ~300 bytecodes
+  per connection that nothing would use. Either way the raw ``SSL*``/``BIO*`` pointers are then
+  driven directly through ``OpenSSL._util.lib``, checking return codes instead of raising.
 * Every socket read of the process lands in one shared buffer (:data:`INBUF`, handed to
   asyncio's ``BufferedProtocol.get_buffer``); ciphertext is fed from there with one
   ``BIO_write``, and every record it completes is decrypted into one shared output buffer with
@@ -85,6 +88,8 @@ _BIO_s_mem = _lib.BIO_s_mem()
 #: Chunks larger than this make the connection's memory BIOs due for a swap (:func:`sweep_bios`).
 _RECYCLE_AT = 16384
 _TLS1_3 = _lib.TLS1_3_VERSION
+_SSL_free = _lib.SSL_free
+_MODE_AUTO_RETRY = _lib.SSL_MODE_AUTO_RETRY
 _TLSEXT_NAMETYPE_host_name = _lib.TLSEXT_NAMETYPE_host_name
 _VERSION_NAMES = {_lib.TLS1_3_VERSION: "TLSv1.3", _lib.TLS1_2_VERSION: "TLSv1.2",
                   _lib.TLS1_1_VERSION: "TLSv1.1", _lib.TLS1_VERSION: "TLSv1"}
@@ -136,6 +141,29 @@ HUMAN_REASONS = {
 }
 
 
+#: pyOpenSSL Context attributes that hold a callback finding its Connection (through
+#: ``Connection._reverse_mapping``) while a handshake runs.
+_WRAPPED_CALLBACKS = ("_verify_helper", "_tlsext_servername_callback", "_alpn_select_helper",
+                      "_ocsp_helper", "_info_callback", "_keylog_callback",
+                      "_cookie_generate_helper", "_cookie_verify_helper")
+
+
+def needs_connection(ctx: SSL.Context, required: bool = False) -> bool:
+    """Whether sessions on ``ctx`` need pyOpenSSL's ``Connection``: its callbacks (SNI, ALPN,
+    OCSP, a verify callback) and tlsgate's raw ones (TLS-PSK, the revocation guard) find the
+    connection through it. Code that installs a raw callback of that kind calls this with
+    ``required=True``; otherwise the answer comes from the context's pyOpenSSL callbacks and
+    is kept on the context (decided at its first session: a context is complete by then)."""
+    if required:
+        ctx._tlsgate_wrap = True  # type: ignore[attr-defined]
+        return True
+    wrap = ctx.__dict__.get("_tlsgate_wrap")
+    if wrap is None:
+        wrap = any(getattr(ctx, a, None) is not None for a in _WRAPPED_CALLBACKS)
+        ctx._tlsgate_wrap = wrap  # type: ignore[attr-defined]
+    return bool(wrap)
+
+
 class ServerSession:
     """One client's TLS state. Handshake-phase methods are plain; the relay uses
     :meth:`decrypt` / :meth:`encrypt` (one call per socket read)."""
@@ -143,12 +171,31 @@ class ServerSession:
     __slots__ = ("_rbio", "_ssl", "_wbio", "conn", "peer_closed", "send")
 
     def __init__(self, ctx: SSL.Context, send: Callable[[bytes], Any]) -> None:
-        conn = SSL.Connection(ctx, None)
-        conn.set_accept_state()
-        self.conn: SSL.Connection | None = conn
-        self._ssl = conn._ssl
-        self._rbio = conn._into_ssl
-        self._wbio = conn._from_ssl
+        wrap = ctx.__dict__.get("_tlsgate_wrap")
+        if wrap is None:
+            wrap = needs_connection(ctx)
+        if wrap:
+            conn = SSL.Connection(ctx, None)
+            conn.set_accept_state()
+            self.conn: SSL.Connection | None = conn
+            self._ssl = conn._ssl
+            self._rbio = conn._into_ssl
+            self._wbio = conn._from_ssl
+        else:
+            # What SSL.Connection(ctx, None) + set_accept_state() do, minus the wrapper
+            # (needs_connection says nothing would ask it anything).
+            self.conn = None
+            raw = _lib.SSL_new(ctx._context)
+            if raw == _ffi.NULL:
+                raise TlsError("out of memory (SSL_new)")
+            self._ssl = ssl = _ffi.gc(raw, _SSL_free)
+            _lib.SSL_set_mode(ssl, _MODE_AUTO_RETRY)
+            _lib.SSL_set_accept_state(ssl)
+            self._rbio = rbio = _lib.BIO_new(_BIO_s_mem)
+            self._wbio = wbio = _lib.BIO_new(_BIO_s_mem)
+            if rbio == _ffi.NULL or wbio == _ffi.NULL:
+                raise TlsError("out of memory (BIO_new)")
+            _lib.SSL_set_bio(ssl, rbio, wbio)
         #: Sends ciphertext to the client (the client transport's ``write``).
         self.send = send
         #: The client sent close_notify.

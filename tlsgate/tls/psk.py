@@ -68,6 +68,7 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from ..psk_table import MAX_IDENTITY_LEN, PskTable, printable_identity
+from .engine import needs_connection
 
 log = logging.getLogger("tlsgate.tls.psk")
 
@@ -447,6 +448,7 @@ def enable_psk(ctx: SSL.Context, table: PskTable, *,
     _lib.SSL_CTX_set_psk_find_session_callback(raw, cbs.find_session)
     _lib.SSL_CTX_set_cert_cb(raw, cbs.cert, _ffi.NULL)
     _installed[ctx] = cbs
+    needs_connection(ctx, required=True)  # the callbacks look the Connection up
     if not _lib.SSL_CTX_get_options(raw) & _lib.SSL_OP_CIPHER_SERVER_PREFERENCE:
         log.warning("TLS-PSK is enabled on a context without server cipher order "
                     "(honor_cipher_order = false): TLS 1.3 clients that prefer "

@@ -108,6 +108,7 @@ from .crl import (
     _ts,
     crl_distribution_urls,
 )
+from .engine import needs_connection
 from .ocsp import ClientOcspChecker, find_issuer
 
 if TYPE_CHECKING:
@@ -300,6 +301,7 @@ class ClientRevocationGuard:
         # to them and to this guard, so they live exactly as long as OpenSSL may call them.
         _lib.SSL_CTX_set_verify(ctx._context, mode, self._raw_verify)
         _lib.SSL_CTX_set_keylog_callback(ctx._context, self._raw_keylog)
+        needs_connection(ctx, required=True)  # the callbacks look the Connection up
         refs = getattr(ctx, "_tlsgate_guards", None)
         if refs is None:
             refs = []
