@@ -67,7 +67,32 @@ def _refusal_packet(exc: ProtocolError) -> None:
     assert isinstance(exc.message, str) and exc.message
 
 
+def check_connect_fast_path(data: bytes) -> None:
+    """The parser's straight-line path for the usual CONNECT (``_parse_311``) either declines
+    or gives exactly what the full reader gives for the same bytes."""
+    from tlsgate.mqtt import connect as codec
+
+    if len(data) < 2 or data[0] != 0x10:
+        return
+    try:
+        got = codec._read_varint(memoryview(data), 1, len(data))
+    except ValueError:
+        return
+    if got is None:
+        return
+    remaining, start, minimal = got
+    total = start + remaining
+    if total > len(data) or start > 3 or not minimal:
+        return
+    fast = codec._parse_311(memoryview(data), start, total)
+    if fast is None:
+        return
+    full = codec._parse_body(memoryview(data), start, total, minimal)  # must not raise
+    assert fast == full, (fast, full)
+
+
 def fuzz_mqtt_connect(data: bytes) -> None:
+    check_connect_fast_path(data)
     for max_size in (DEFAULT_MAX_CONNECT, 64):
         try:
             res = parse_connect(data, max_size)

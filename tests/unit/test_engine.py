@@ -200,18 +200,22 @@ def test_tls13_tickets_wait_for_the_first_write(pki: Pki) -> None:
     assert p.cli.session is not None and p.cli.session.has_ticket
 
 
-def test_recycling_moves_unread_bytes_of_both_bios(pki: Pki) -> None:
+@pytest.mark.parametrize("alpn", [[], ["mqtt"]], ids=["direct", "pyopenssl-connection"])
+def test_recycling_moves_unread_bytes_of_both_bios(pki: Pki, alpn: list[str]) -> None:
     """recycle_bios swaps both BIOs and keeps what they hold: a TLS 1.3 handshake leaves the
     session tickets queued in the write BIO, and a client record already fed but not read
-    waits in the read BIO."""
-    p = Peer(pki, ssl.TLSVersion.TLSv1_3)
+    waits in the read BIO. Both ways a session is made (directly, or through pyOpenSSL's
+    Connection when the context has a pyOpenSSL callback: here ALPN)."""
+    p = Peer(pki, ssl.TLSVersion.TLSv1_3, {"alpn": alpn})
+    assert (p.sess.conn is not None) == bool(alpn)
     p.handshake()  # recycles once: the tickets must have survived that
     wire = p.client_records(b"queued before the swap")
     p.sess.feed(wire)
     before = (p.sess._rbio, p.sess._wbio)
     p.sess.recycle_bios()
     assert (p.sess._rbio, p.sess._wbio) != before
-    assert p.sess.conn is not None and p.sess.conn._into_ssl == p.sess._rbio
+    if alpn:  # pyOpenSSL's view of the BIOs follows
+        assert p.sess.conn is not None and p.sess.conn._into_ssl == p.sess._rbio
     assert p.sess.read_plain() == b"queued before the swap"
     INBUF[:4] = b"\x20\x02\x00\x00"
     p.sent.append(p.sess.encrypt_in(4))

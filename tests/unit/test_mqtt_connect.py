@@ -624,6 +624,30 @@ def check_fields(c: Connect, kw: dict[str, Any]) -> None:
 
 
 @FUZZ
+@given(connect_kwargs(), st.data())
+def test_fuzz_fast_path_agrees_with_the_full_reader(kw: dict[str, Any],
+                                                    data: st.DataObject) -> None:
+    """The straight-line path for the usual 3.1.1 CONNECT gives what the full reader gives,
+    on valid packets and on mutated ones (fuzz/targets.py's check, also run over the corpus
+    by test_fuzz_corpus.py)."""
+    from fuzz.targets import check_connect_fast_path
+    from tlsgate.mqtt import connect as codec
+
+    kw["bridge"] = data.draw(st.sampled_from([False, False, False, True]))
+    packet = encode_connect(**kw)
+    check_connect_fast_path(packet)
+    if kw["protocol_level"] == 4 and not kw["bridge"] and "will_topic" not in kw \
+            and kw["client_id"].isascii() and len(packet) < 16384:
+        # ...and it is the path such a packet takes
+        start = 2 if len(packet) - 2 < 128 else 3
+        assert codec._parse_311(memoryview(packet), start, len(packet)) is not None
+    i = data.draw(st.integers(0, len(packet) - 1))
+    mutated = bytearray(packet)
+    mutated[i] = data.draw(st.integers(0, 255))
+    check_connect_fast_path(bytes(mutated))
+
+
+@FUZZ
 @given(connect_kwargs())
 def test_fuzz_round_trip(kw: dict[str, Any]) -> None:
     data = encode_connect(**kw)

@@ -93,7 +93,8 @@ _MODE_AUTO_RETRY = _lib.SSL_MODE_AUTO_RETRY
 _TLSEXT_NAMETYPE_host_name = _lib.TLSEXT_NAMETYPE_host_name
 _VERSION_NAMES = {_lib.TLS1_3_VERSION: "TLSv1.3", _lib.TLS1_2_VERSION: "TLSv1.2",
                   _lib.TLS1_1_VERSION: "TLSv1.1", _lib.TLS1_VERSION: "TLSv1"}
-_CIPHER_NAMES: dict[int, str] = {}
+#: Suite names by their SSL_CIPHER pointer (static data in OpenSSL).
+_CIPHER_NAMES: dict[Any, str] = {}
 
 
 class TlsError(Exception):
@@ -181,9 +182,18 @@ class ServerSession:
             self._ssl = conn._ssl
             self._rbio = conn._into_ssl
             self._wbio = conn._from_ssl
-        else:
+        elif _tg_new_session is not None:
             # What SSL.Connection(ctx, None) + set_accept_state() do, minus the wrapper
-            # (needs_connection says nothing would ask it anything).
+            # (needs_connection says nothing would ask it anything), in one C call.
+            self.conn = None
+            pair = _PAIR
+            raw = _tg_new_session(ctx._context, _MODE_AUTO_RETRY, pair)
+            if not raw:
+                raise TlsError("out of memory (SSL_new)")
+            self._ssl = _ffi.gc(raw, _SSL_free)
+            self._rbio = pair[0]
+            self._wbio = pair[1]
+        else:  # the same without the accelerator
             self.conn = None
             raw = _lib.SSL_new(ctx._context)
             if raw == _ffi.NULL:
@@ -384,6 +394,16 @@ class ServerSession:
         copy) and OpenSSL wipes a BIO's whole buffer when it frees it -- measured, swapping
         after every 64 KiB message cost 9 % of the relay's CPU per byte."""
         ssl = self._ssl
+        if _tg_recycle_bios is not None:
+            pair = _PAIR
+            if _tg_recycle_bios(ssl, self._rbio, self._wbio, pair) == 0:
+                self._rbio = pair[0]
+                self._wbio = pair[1]
+                conn = self.conn
+                if conn is not None:
+                    conn._into_ssl = self._rbio
+                    conn._from_ssl = self._wbio
+            return  # out of memory: keep the old pair (it works, only larger)
         rest_in = self._drain(self._rbio)
         rest_out = self._drain(self._wbio)
         rbio = _lib.BIO_new(_BIO_s_mem)
@@ -410,7 +430,12 @@ class ServerSession:
     @staticmethod
     def _drain(bio: Any) -> bytes:
         """All bytes in ``bio``, read through the scratch buffer."""
-        chunks = []
+        n = _BIO_read(bio, _AUX, _AUXCAP)
+        if n <= 0:
+            return b""
+        if n < _AUXCAP:  # a memory BIO gives all it has: it is empty now (the usual case)
+            return _AUX_MV[:n].tobytes()
+        chunks = [_AUX_MV[:n].tobytes()]
         n = _BIO_read(bio, _AUX, _AUXCAP)
         while n > 0:
             chunks.append(_AUX_MV[:n].tobytes())
@@ -451,6 +476,22 @@ class ServerSession:
         return True
 
     # -- what the handshake established --------------------------------------------------------
+    def established(self) -> tuple[str, str | None, str | None, str | None, bool]:
+        """(version, cipher, group, server name, resumed) in one call: what the gate records
+        of every finished handshake (the properties below, one at a time)."""
+        ssl = self._ssl
+        version = _VERSION_NAMES.get(_lib.SSL_version(ssl)) or self.version
+        c = _lib.SSL_get_current_cipher(ssl)
+        cipher = _CIPHER_NAMES.get(c) if c != _ffi.NULL else None
+        if cipher is None and c != _ffi.NULL:
+            cipher = self.cipher
+        g = _lib.SSL_get0_group_name(ssl)
+        n = _lib.SSL_get_servername(ssl, _TLSEXT_NAMETYPE_host_name)
+        return (version, cipher,
+                _ffi.string(g).decode("ascii", "replace") if g != _ffi.NULL else None,
+                _ffi.string(n).decode("ascii", "replace") if n != _ffi.NULL else None,
+                bool(_lib.SSL_session_reused(ssl)))
+
     @property
     def version(self) -> str:
         v = _lib.SSL_version(self._ssl)
@@ -466,10 +507,9 @@ class ServerSession:
         c = _lib.SSL_get_current_cipher(self._ssl)
         if c == _ffi.NULL:
             return None
-        key = int(_ffi.cast("uintptr_t", c))
-        name = _CIPHER_NAMES.get(key)
+        name = _CIPHER_NAMES.get(c)  # cffi pointers hash and compare by address
         if name is None:
-            name = _CIPHER_NAMES[key] = _ffi.string(_lib.SSL_CIPHER_get_name(c)).decode()
+            name = _CIPHER_NAMES[c] = _ffi.string(_lib.SSL_CIPHER_get_name(c)).decode()
         return name
 
     @property
@@ -552,6 +592,9 @@ _tg_decrypt_send: Any = None
 _tg_encrypt_send: Any = None
 _RES: Any = None
 _NEWRBIO: Any = None  # void *[1]: the read BIO after an in-place read (relay_accel.c)
+_tg_new_session: Any = None
+_tg_recycle_bios: Any = None
+_PAIR: Any = None  # void *[2]: the BIOs of a new session or a swap (relay_accel.c)
 #: The accelerator's result slots (``int[4]``; ``SENT[2]``: bytes the last ``*_send`` call
 #: wrote to its socket), None without the accelerator.
 SENT: Any = None
@@ -564,7 +607,8 @@ ACCEL_MISSING = ""
 
 def _load_accel() -> str:
     """Import and initialise ``tlsgate.tls._relayc``; returns "" or why it is not used."""
-    global _tg_decrypt_send, _tg_encrypt_send, _RES, SENT, _NEWRBIO
+    global _tg_decrypt_send, _tg_encrypt_send, _RES, SENT, _NEWRBIO, _tg_new_session, \
+        _tg_recycle_bios, _PAIR
     if os.environ.get("TLSGATE_PURE_PYTHON_RELAY"):
         return "TLSGATE_PURE_PYTHON_RELAY is set"
     try:
@@ -589,6 +633,14 @@ def _load_accel() -> str:
     _tg_decrypt_send, _tg_encrypt_send = mod.lib.tg_decrypt_send, mod.lib.tg_encrypt_send
     _RES = SENT = mod.ffi.new("int[4]")
     _NEWRBIO = mod.ffi.new("void *[1]")
+    try:
+        session = [_ffi.addressof(raw, name) for name in (
+            "SSL_new", "SSL_free", "SSL_set_accept_state", "SSL_set_mode", "BIO_free")]
+    except (AttributeError, TypeError, _ffi.error):
+        return ""  # the relay loops still run in C; sessions are made from Python
+    mod.lib.tg_init_session(*session)
+    _tg_new_session, _tg_recycle_bios = mod.lib.tg_new_session, mod.lib.tg_recycle_bios
+    _PAIR = mod.ffi.new("void *[2]")
     return ""
 
 

@@ -13,7 +13,8 @@
  * not exported), so they do not link against any libssl: engine.py hands over the function
  * addresses from the cffi bindings once, at import (tg_init, tg_init_direct). Nothing here
  * keeps state per connection or touches the error queue (error handling stays in Python); the
- * only allocations are OpenSSL's, for the BIOs of an in-place read.
+ * only allocations are OpenSSL's: the BIOs of an in-place read, and the SSL object and BIOs
+ * of a new session or a BIO swap (tg_new_session, tg_recycle_bios).
  */
 
 #include <errno.h>
@@ -59,6 +60,80 @@ static int tg_init_direct(void *bio_new_mem_buf, void *bio_set_mem_eof_return, v
     tg_mem_method = mem_method;
     tg_direct_min = direct_min;
     return 1;
+}
+
+/* Sessions and BIO swaps (tg_init_session): once per connection each, but seven and nine
+ * calls through cffi from Python */
+static void *(*tg_SSL_new)(void *);
+static void (*tg_SSL_free)(void *);
+static void (*tg_SSL_set_accept_state)(void *);
+static long (*tg_SSL_set_mode)(void *, long);
+static int (*tg_BIO_free)(void *);
+
+static int tg_init_session(void *ssl_new, void *ssl_free, void *set_accept_state,
+                           void *set_mode, void *bio_free)
+{
+    tg_SSL_new = (void *(*)(void *))ssl_new;
+    tg_SSL_free = (void (*)(void *))ssl_free;
+    tg_SSL_set_accept_state = (void (*)(void *))set_accept_state;
+    tg_SSL_set_mode = (long (*)(void *, long))set_mode;
+    tg_BIO_free = (int (*)(void *))bio_free;
+    return 1;
+}
+
+/* What pyOpenSSL's Connection(ctx, None) + set_accept_state() do, minus the wrapper object: a
+ * server SSL object with `mode` set, on two fresh memory BIOs (out[0]: read, out[1]: write).
+ * Returns the SSL object, or NULL when out of memory (then nothing is left allocated). */
+static void *tg_new_session(void *ctx, long mode, void **out)
+{
+    void *ssl = tg_SSL_new(ctx), *r, *w;
+    if (!ssl)
+        return NULL;
+    r = tg_BIO_new(tg_mem_method);
+    w = tg_BIO_new(tg_mem_method);
+    if (!r || !w) {
+        if (r)
+            tg_BIO_free(r);
+        if (w)
+            tg_BIO_free(w);
+        tg_SSL_free(ssl);
+        return NULL;
+    }
+    tg_SSL_set_mode(ssl, mode);
+    tg_SSL_set_accept_state(ssl);
+    tg_SSL_set_bio(ssl, r, w);
+    out[0] = r;
+    out[1] = w;
+    return ssl;
+}
+
+/* ServerSession.recycle_bios: two new memory BIOs holding what the SSL object's current ones
+ * hold (unread input, queued output), installed in place of them (which frees the old pair).
+ * out[0]/out[1] get the new read/write BIO. Returns 0, or -1 when out of memory (nothing
+ * changed). */
+static int tg_recycle_bios(void *ssl, void *rbio, void *wbio, void **out)
+{
+    void *r = tg_BIO_new(tg_mem_method), *w = tg_BIO_new(tg_mem_method);
+    char *p;
+    long n;
+    if (!r || !w)
+        goto fail;
+    n = tg_BIO_get_mem_data(rbio, &p);
+    if (n > 0 && tg_BIO_write(r, p, (int)n) != n)
+        goto fail;
+    n = tg_BIO_get_mem_data(wbio, &p);
+    if (n > 0 && tg_BIO_write(w, p, (int)n) != n)
+        goto fail;
+    tg_SSL_set_bio(ssl, r, w);
+    out[0] = r;
+    out[1] = w;
+    return 0;
+fail:
+    if (r)
+        tg_BIO_free(r);
+    if (w)
+        tg_BIO_free(w);
+    return -1;
 }
 
 /* Feed in[0:n] to the read BIO, decrypt every complete record into out (at most cap bytes)

@@ -21,6 +21,10 @@ int tg_decrypt_send(void *ssl, void *rbio, void *wbio, char *in, int n, char *ou
                     char *aux, int auxcap, int fd, int *res, void **newrbio);
 int tg_encrypt_send(void *ssl, void *wbio, char *in, int n, char *out, int cap, int fd,
                     int *res);
+int tg_init_session(void *ssl_new, void *ssl_free, void *set_accept_state, void *set_mode,
+                    void *bio_free);
+void *tg_new_session(void *ctx, long mode, void **out);
+int tg_recycle_bios(void *ssl, void *rbio, void *wbio, void **out);
 int tg_tickets_init(void *rand_bytes, void *encrypt_init, void *decrypt_init,
                     void *aes_256_cbc, void *mac_set_params, void *ssl_get_ssl_ctx,
                     void *ctx_get_ex_data, void *ctx_set_ex_data, void *set_evp_cb,

@@ -731,6 +731,10 @@ class GmSession:
     def session_reused(self) -> bool:
         return bool(self._ssl) and bool(self._lib.SSL_session_reused(self._ssl))
 
+    def established(self) -> tuple[str, str | None, str | None, str | None, bool]:
+        """(version, cipher, group, server name, resumed), as ServerSession.established."""
+        return self.version, self.cipher, self.group, self.server_name, self.session_reused
+
     @property
     def peer_cert_der(self) -> bytes | None:
         """The client's verified certificate (for TLCP: its signing certificate), DER.
