@@ -114,7 +114,8 @@ def gate(broker: Mosquitto, pki: Pki, tmp_path_factory: pytest.TempPathFactory
     cfg = (admin_toml(broker.port, aport, tf)
            + listener("oneway", one, pki.server.cert, pki.server.key, pki.ca_pem)
            + listener("mtls", mtls, pki.server.cert, pki.server.key, pki.ca_pem,
-                      "verify = \"verify_peer\"\nfail_if_no_peer_cert = true\n"))
+                      "verify = \"verify_peer\"\nfail_if_no_peer_cert = true\n")
+           + "[listeners.ssl.mtls.mqtt]\npeer_cert_as_username = \"cn\"\n")
     g = Gate(d / "gate", cfg, [one, mtls, aport]).start()
     g.one, g.mtls, g.aport = one, mtls, aport  # type: ignore[attr-defined]
     g.api = Api(aport)  # type: ignore[attr-defined]
@@ -254,6 +255,29 @@ def test_ban_by_certificate_cn(gate: Gate, pki: Pki) -> None:
         assert connack_code(res.rc) == 0x8A
     finally:
         assert api.call("DELETE", "/api/v1/bans/cn/client")[0] == 200
+
+
+def test_ban_by_a_user_name_mapped_from_the_certificate(gate: Gate, pki: Pki) -> None:
+    """peer_cert_as_username applies before the admission checks: a ban on the mapped user
+    name refuses the client, whatever user name its CONNECT carried."""
+    api = api_of(gate)
+    status, _ = api.call("POST", "/api/v1/bans", {"kind": "username", "value": "client",
+                                                  "duration": "10m"})
+    assert status == 201
+    try:
+        c, res = paho_client(gate.mtls, pki.ca_pem, cert=pki.client.cert,  # type: ignore[attr-defined]
+                             key=pki.client.key, client_id="mapped", username="someone-else",
+                             protocol=mqtt.MQTTv5)
+        c.loop_stop()
+        assert connack_code(res.rc) == 0x8A
+    finally:
+        assert api.call("DELETE", "/api/v1/bans/username/client")[0] == 200
+    c, res = paho_client(gate.mtls, pki.ca_pem, cert=pki.client.cert,  # type: ignore[attr-defined]
+                         key=pki.client.key, client_id="mapped", username="someone-else",
+                         protocol=mqtt.MQTTv5)
+    c.disconnect()
+    c.loop_stop()
+    assert connack_code(res.rc) == 0
 
 
 # ------------------------------------------------------------------------------------ metrics

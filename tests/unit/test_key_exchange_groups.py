@@ -49,8 +49,7 @@ def _handshake(pki: Pki, client_groups: str, **opts: Any) -> str:
         sent.clear()
         if cdone and sdone:
             break
-    assert sess.conn is not None
-    name = sess.conn.get_group_name()
+    name = sess.group  # what the gate records (the access log's group=)
     assert name is not None, "handshake did not finish"
     return name
 

@@ -398,12 +398,20 @@ class ClientGate(asyncio.BufferedProtocol):
                 else "max_conn_rate"
             self.refuse(self.over_limit, connect.protocol_level, f"{which} reached", which)
             return
+        try:
+            # before the admission checks: they see the mapped user name (bans, auth)
+            first = self._mapped_connect(connect)
+        except Exception as exc:  # a bug must cost one connection, never the process
+            log.exception("admitting connection %s failed", rec.id)
+            self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
+                        f"internal error: {exc}", "internal_error")
+            return
         self.phase = _ADMIT
         self.transport.pause_reading()
         # Straight to the dial when no admission check is installed (the usual case): one
         # coroutine less per connection.
         self.task = self.lst.loop.create_task(
-            self._admit(connect) if self.lst.admission else self._dial(connect),
+            self._admit(connect, first) if self.lst.admission else self._dial(connect, first),
             name=f"admit {rec.id}")
 
     def _mapped_connect(self, connect: Connect) -> bytes:
@@ -432,7 +440,7 @@ class ClientGate(asyncio.BufferedProtocol):
             rec.client_id = client_id.decode("utf-8", "replace")
         return rewrite_connect(connect, username=username, client_id=client_id)
 
-    async def _admit(self, connect: Connect) -> None:
+    async def _admit(self, connect: Connect, first: bytes) -> None:
         """The admission checks (authentication...), then the dial."""
         rec, lst = self.rec, self.lst
         assert rec is not None
@@ -452,14 +460,13 @@ class ClientGate(asyncio.BufferedProtocol):
                         f"internal error: {exc}", "internal_error")
             self.task = None
             return
-        await self._dial(connect)
+        await self._dial(connect, first)
 
-    async def _dial(self, connect: Connect) -> None:
+    async def _dial(self, connect: Connect, first: bytes) -> None:
         """Dial the broker, then hand both sockets to the relay (the admission task's end)."""
         lst, rec, sess = self.lst, self.rec, self.sess
         assert rec is not None and sess is not None and self.transport is not None
         try:
-            first = self._mapped_connect(connect)
             up = lst.upstream
             host, port = lst.upstream_addr
             loop = lst.loop
