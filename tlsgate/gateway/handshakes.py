@@ -92,7 +92,11 @@ class HandshakeBatcher:
             self._busy = False
         if not self._busy and self._count < self.BUSY_STEPS \
                 and self._spent < self.window * self.BUSY_SHARE:
-            self._run(gate, False)
+            try:  # _run, inlined: this is once or twice per connection
+                gate.handshake_step(False)
+            except Exception as exc:  # a bug must cost this connection, not the worker
+                log.exception("handshake step failed unexpectedly")
+                gate.internal_error(f"internal error in the handshake: {type(exc).__name__}")
             self._count += 1
             self._spent += clock() - now
             return

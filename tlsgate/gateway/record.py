@@ -15,6 +15,19 @@ from ..accesslog import text_value as _v
 
 _ids = itertools.count(1)
 
+#: text_value() of the values that repeat from connection to connection (listener, TLS
+#: version, cipher, group, close reason): a dict lookup instead of a call per field. Bounded
+#: (reasons can carry error details): past the bound, values are formatted each time.
+_MEMO: dict[str | None, str] = {None: "-", "": "-"}
+_MEMO_MAX = 4096
+
+
+def _memo(v: str | None) -> str:
+    text = _v(v)
+    if len(_MEMO) < _MEMO_MAX:
+        _MEMO[v] = text
+    return text
+
 
 class Closable(Protocol):
     def close(self, reason: str) -> None: ...
@@ -102,9 +115,13 @@ class ConnRecord:
         bin_, bout = self.live_bytes()
         end = self.closed_at or time.time()
         tls = self.tls_version
-        return (f"conn={self.id} listener={_v(self.listener)} peer={_v(self.peer_str)} "
-                f"sni={_v(self.server_name)} tls={_v(tls)} cipher={_v(self.cipher)} "
-                f"group={_v(self.group)} resumed={self.session_reused if tls else '-'} "
+        m = _MEMO.get  # memoised fields: ``m(x) or _memo(x)`` (a text value is never "")
+        return (f"conn={self.id} listener={m(self.listener) or _memo(self.listener)} "
+                f"peer={_v(self.peer_str)} sni={_v(self.server_name)} "
+                f"tls={m(tls) or _memo(tls)} cipher={m(self.cipher) or _memo(self.cipher)} "
+                f"group={m(self.group) or _memo(self.group)} "
+                f"resumed={self.session_reused if tls else '-'} "
                 f"cert={_v(self.cert_subject)} psk={_v(self.psk_identity)} "
                 f"clientid={_v(self.client_id)} user={_v(self.username)} in={bin_} out={bout} "
-                f"dur={end - self.started:.3f} reason={_v(self.close_reason)}")
+                f"dur={end - self.started:.3f} "
+                f"reason={m(self.close_reason) or _memo(self.close_reason)}")
