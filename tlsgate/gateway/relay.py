@@ -46,10 +46,11 @@ class ClientSide(asyncio.BufferedProtocol):
     __slots__ = ("_decrypt", "_sess", "_up_fd", "_up_pending", "_up_write", "conn", "nbytes",
                  "upstream_transport")
 
-    def __init__(self, conn: ClientGate, sess: Any, upstream_transport: asyncio.Transport) -> None:
+    def __init__(self, conn: ClientGate, sess: Any, upstream_transport: asyncio.Transport,
+                 decrypt: Any = None) -> None:
         self.conn = conn
         self._sess = sess
-        self._decrypt = sess.decrypt_out
+        self._decrypt = decrypt or sess.decrypt_out
         self._up_write = upstream_transport.write
         self._up_pending = upstream_transport.get_write_buffer_size
         self._up_fd = _fd_of(upstream_transport, conn.lst.upstream_tls is not None)
@@ -105,9 +106,10 @@ class UpstreamSide(asyncio.BufferedProtocol):
     __slots__ = ("_client_fd", "_client_pending", "_client_write", "_encrypt",
                  "client_transport", "conn", "nbytes", "transport")
 
-    def __init__(self, conn: ClientGate, sess: Any, client_transport: asyncio.Transport) -> None:
+    def __init__(self, conn: ClientGate, sess: Any, client_transport: asyncio.Transport,
+                 encrypt: Any = None) -> None:
         self.conn = conn
-        self._encrypt = sess.encrypt_out
+        self._encrypt = encrypt or sess.encrypt_out
         self._client_write = client_transport.write
         self._client_pending = client_transport.get_write_buffer_size
         self._client_fd = _fd_of(client_transport)
@@ -162,8 +164,7 @@ class ClientSideC(ClientSide):
     __slots__ = ()
 
     def __init__(self, conn: ClientGate, sess: Any, upstream_transport: asyncio.Transport) -> None:
-        super().__init__(conn, sess, upstream_transport)
-        self._decrypt = sess.decrypt_send
+        ClientSide.__init__(self, conn, sess, upstream_transport, sess.decrypt_send)
 
     def buffer_updated(self, nbytes: int) -> None:
         fd = self._up_fd
@@ -189,8 +190,7 @@ class UpstreamSideC(UpstreamSide):
     __slots__ = ()
 
     def __init__(self, conn: ClientGate, sess: Any, client_transport: asyncio.Transport) -> None:
-        super().__init__(conn, sess, client_transport)
-        self._encrypt = sess.encrypt_send
+        UpstreamSide.__init__(self, conn, sess, client_transport, sess.encrypt_send)
 
     def buffer_updated(self, nbytes: int) -> None:
         self.nbytes += nbytes
@@ -210,20 +210,18 @@ class UpstreamSideC(UpstreamSide):
 _SENT = engine.SENT
 
 
-def _accelerated(sess: Any) -> bool:
-    return engine.ACCEL == "c" and isinstance(sess, ServerSession)
-
-
 def client_side(conn: ClientGate, sess: Any, upstream_transport: asyncio.Transport) -> ClientSide:
     """The client socket's relay protocol for this session (C loops when available)."""
-    cls = ClientSideC if _accelerated(sess) else ClientSide
-    return cls(conn, sess, upstream_transport)
+    if engine.ACCEL == "c" and type(sess) is ServerSession:
+        return ClientSideC(conn, sess, upstream_transport)
+    return ClientSide(conn, sess, upstream_transport)
 
 
 def upstream_side(conn: ClientGate, sess: Any, client_transport: asyncio.Transport) -> UpstreamSide:
     """The broker socket's protocol for this session (C loops when available)."""
-    cls = UpstreamSideC if _accelerated(sess) else UpstreamSide
-    return cls(conn, sess, client_transport)
+    if engine.ACCEL == "c" and type(sess) is ServerSession:
+        return UpstreamSideC(conn, sess, client_transport)
+    return UpstreamSide(conn, sess, client_transport)
 
 
 class Relay:
