@@ -8,11 +8,12 @@
 # (sys.settrace, opcode events) during a short load from the harness's tools, and prints the
 # bytecode instructions and Python function calls per operation -- in total and by function.
 # The same tree gives the same counts run after run, so a change's effect on the Python work is
-# exact; what an instruction costs still has to be measured (quick.sh, compare.sh, perf), and
-# it is not proportional: a trial that removed 17 % of the bytecodes of a connection (4,106 ->
-# 3,409: a CONNECT parser shortcut, BIO swaps in C, ...) measured 4 µs less interpreter time
-# of ~640 µs (perf) and nothing quick.sh could see. The interpreter's share of a connection is
-# mostly allocation, calls into C types and the cache misses of code run once per connection.
+# exact; what an instruction costs still has to be measured (quick.sh, compare.sh, perf). It
+# depends on how warm the code runs: before handshake batching, a trial that removed 17 % of
+# a connection's bytecodes (4,106 -> 3,409) measured 4 µs less interpreter time of ~640 µs;
+# with batching (30 Nov), cutting 4,137 -> 3,188 took quick.sh hs from ~456 to ~423 µs
+# (-7 %), i.e. ~35 ns per bytecode with what it calls -- and the bare forwarder below (1,331
+# bytecodes) costs 320-357 µs where tlsgate then cost 413-513.
 #   hs:  full TLS 1.3 handshake + CONNECT/CONNACK + close, per connection (hsload, 4 clients)
 #   msg: 100-byte QoS 0 PUBLISH through an established connection, per message (mqload)
 #   benchmarks/pywork.sh hs 40
