@@ -402,9 +402,7 @@ class ClientGate(asyncio.BufferedProtocol):
             # before the admission checks: they see the mapped user name (bans, auth)
             first = self._mapped_connect(connect)
         except Exception as exc:  # a bug must cost one connection, never the process
-            log.exception("admitting connection %s failed", rec.id)
-            self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
-                        f"internal error: {exc}", "internal_error")
+            self._internal_error(connect, exc)
             return
         self.phase = _ADMIT
         self.transport.pause_reading()
@@ -440,6 +438,12 @@ class ClientGate(asyncio.BufferedProtocol):
             rec.client_id = client_id.decode("utf-8", "replace")
         return rewrite_connect(connect, username=username, client_id=client_id)
 
+    def _internal_error(self, connect: Connect, exc: Exception) -> None:
+        """An unexpected exception while admitting: log it, refuse this client."""
+        log.exception("admitting connection %s failed", self.rec.id if self.rec else "?")
+        self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
+                    f"internal error: {exc}", "internal_error")
+
     async def _admit(self, connect: Connect, first: bytes) -> None:
         """The admission checks (authentication...), then the dial."""
         rec, lst = self.rec, self.lst
@@ -455,9 +459,7 @@ class ClientGate(asyncio.BufferedProtocol):
             self.task = None
             raise
         except Exception as exc:  # a bug must cost one connection, never the process
-            log.exception("admitting connection %s failed", rec.id)
-            self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
-                        f"internal error: {exc}", "internal_error")
+            self._internal_error(connect, exc)
             self.task = None
             return
         await self._dial(connect, first)
@@ -512,9 +514,7 @@ class ClientGate(asyncio.BufferedProtocol):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must cost one connection, never the process
-            log.exception("admitting connection %s failed", rec.id)
-            self.refuse(Refusal.SERVER_UNAVAILABLE, connect.protocol_level,
-                        f"internal error: {exc}", "internal_error")
+            self._internal_error(connect, exc)
         finally:
             self.task = None
 

@@ -94,9 +94,8 @@ class HandshakeBatcher:
                 and self._spent < self.window * self.BUSY_SHARE:
             try:  # _run, inlined: this is once or twice per connection
                 gate.handshake_step(False)
-            except Exception as exc:  # a bug must cost this connection, not the worker
-                log.exception("handshake step failed unexpectedly")
-                gate.internal_error(f"internal error in the handshake: {type(exc).__name__}")
+            except Exception as exc:
+                self._failed(gate, exc)
             self._count += 1
             self._spent += clock() - now
             return
@@ -115,10 +114,15 @@ class HandshakeBatcher:
         self._spent = 0.0
         self._busy = len(queue) >= self.BUSY_STEPS
 
-    @staticmethod
-    def _run(gate: Steppable, batched: bool) -> None:
+    @classmethod
+    def _run(cls, gate: Steppable, batched: bool) -> None:
         try:
             gate.handshake_step(batched)
-        except Exception as exc:  # a bug must cost this connection, not the whole batch
-            log.exception("handshake step failed unexpectedly")
-            gate.internal_error(f"internal error in the handshake: {type(exc).__name__}")
+        except Exception as exc:
+            cls._failed(gate, exc)
+
+    @staticmethod
+    def _failed(gate: Steppable, exc: Exception) -> None:
+        """A bug must cost this connection, not the batch or the worker."""
+        log.exception("handshake step failed unexpectedly")
+        gate.internal_error(f"internal error in the handshake: {type(exc).__name__}")

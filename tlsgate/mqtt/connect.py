@@ -618,6 +618,8 @@ def _parse_311(mv: memoryview, start: int, total: int) -> Connect | None:
     client_id = bytes(mv[pos:stop])
     if not client_id.isascii() or b"\x00" in client_id:
         return None
+    # user name, then password: the same four steps twice, written out (a loop or a helper
+    # would cost more than the rest of this function's per-field work)
     username = password = None
     if flags & 0x80:
         pos = stop + 2

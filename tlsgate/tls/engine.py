@@ -7,10 +7,11 @@ exception to end every read loop, allocates a fresh buffer per call and copies p
 * A session is created through pyOpenSSL (``SSL.Connection(ctx, None)`` makes the SSL object
   and its two memory BIOs, and keeps pyOpenSSL's callbacks — SNI, ALPN, OCSP, verify — working)
   when its context has such callbacks (:func:`needs_connection`); on a context without any (the
-  plain one-way TLS listener) the same three objects are made with four direct calls: pyOpenSSL's
-  Connection costs a Python object, a weak reference in its reverse mapping and ~300 bytecodes
-  per connection that nothing would use. Either way the raw ``SSL*``/``BIO*`` pointers are then
-  driven directly through ``OpenSSL._util.lib``, checking return codes instead of raising.
+  plain one-way TLS listener) the same three objects are made directly (one call into the
+  accelerator, ``tg_new_session``): pyOpenSSL's Connection costs a Python object, a weak
+  reference in its reverse mapping and ~300 bytecodes per connection that nothing would use.
+  Either way the raw ``SSL*``/``BIO*`` pointers are then driven directly through
+  ``OpenSSL._util.lib``, checking return codes instead of raising.
 * Every socket read of the process lands in one shared buffer (:data:`INBUF`, handed to
   asyncio's ``BufferedProtocol.get_buffer``); ciphertext is fed from there with one
   ``BIO_write``, and every record it completes is decrypted into one shared output buffer with
